@@ -1,0 +1,67 @@
+# Everything runs in the image; the host needs Docker (with compose v2) and make,
+# plus python3 for the end-to-end tests that drive `docker compose` from outside.
+IMAGE        ?= cifar10-trainer:local
+EPOCHS       ?= 2
+ARGS         ?=
+DATA_DIR     ?= ./data
+OUTPUTS_DIR  ?= ./outputs
+CHECKPOINTS_DIR ?= ./checkpoints
+HOST_VENV    ?= .venv-host
+
+# Files written into the mounted folders belong to whoever runs make.
+export LOCAL_UID := $(shell id -u)
+export LOCAL_GID := $(shell id -g)
+export IMAGE DATA_DIR OUTPUTS_DIR CHECKPOINTS_DIR
+# Provenance baked into the image as OCI labels; the commit time keeps rebuilds cache-friendly.
+export REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
+export VERSION  := $(shell git describe --tags --always 2>/dev/null || echo dev)
+export CREATED  := $(shell git log -1 --format=%cI 2>/dev/null || echo 1970-01-01T00:00:00Z)
+export SOURCE   := $(shell git config --get remote.origin.url 2>/dev/null | grep -E '^https://' || echo unknown)
+
+COMPOSE := docker compose
+comma   := ,
+PYTEST  := $(HOST_VENV)/bin/python -m pytest
+
+.DEFAULT_GOAL := help
+.PHONY: help build train test test-unit test-e2e lint lock bench-image clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build the training image ($(IMAGE))
+	$(COMPOSE) build train
+
+train: build dirs ## train in the image: make train EPOCHS=1 ARGS="--fake-data 2000"
+	$(COMPOSE) run --rm train --epochs $(EPOCHS) $(ARGS)
+
+dirs:
+	@mkdir -p $(DATA_DIR) $(OUTPUTS_DIR) $(CHECKPOINTS_DIR)
+
+test: build test-unit test-e2e ## build, unit tests in the image, end-to-end tests through compose
+
+test-unit: ## unit tests, inside the training image
+	$(COMPOSE) run --rm test
+
+test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
+	$(PYTEST) -p no:cacheprovider tests/e2e
+
+lint: $(HOST_VENV) ## ruff over src, azure, tests
+	$(HOST_VENV)/bin/ruff check src tests
+	$(HOST_VENV)/bin/ruff format --check src tests
+
+lock: ## re-resolve docker/requirements.in into docker/requirements.lock (in a container)
+	docker buildx build -f docker/Dockerfile --target lock --output type=local,dest=docker \
+	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
+
+bench-image: ## print image size, cold build time, rebuild time after a one-line src change
+	bash tests/bench_image.sh
+
+clean: ## remove outputs, checkpoints, the host test venv and the image (keeps downloaded data)
+	rm -rf $(OUTPUTS_DIR)/* $(CHECKPOINTS_DIR)/* $(HOST_VENV)
+	-docker image rm $(IMAGE)
+
+$(HOST_VENV): tests/requirements-host.txt
+	python3 -m venv $(HOST_VENV)
+	$(HOST_VENV)/bin/pip install -q --require-hashes -r tests/requirements-host.txt
+	@touch $(HOST_VENV)

@@ -1,0 +1,375 @@
+"""Train the PyTorch CIFAR-10 tutorial's Net: same recipe and loss lines by default.
+
+    python train.py                      # the tutorial: 2 epochs, batch 4, SGD(0.001, 0.9)
+    python train.py --fake-data 2000     # no data set needed: synthetic images, same path
+    python train.py --resume auto        # continue from the latest checkpoint
+
+Runs the same under `docker compose run train` and on Azure ML (ScriptRunConfig).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import data
+from checkpoint import CheckpointError, find_latest, load_checkpoint, save_atomic
+from metrics import Metrics, azureml_run
+from model import Net
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal, checkpoint saved, rerun with --resume
+# The flags that define the math; a checkpoint made with other values is refused.
+# --epochs is not among them: resuming with more epochs extends a run.
+RECIPE = ("batch_size", "lr", "momentum", "seed", "fake_data")
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--epochs", type=positive_int, default=2, help="passes over the training set")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per SGD step")
+    p.add_argument("--lr", type=positive_float, default=0.001, help="SGD learning rate")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights and shuffling (CPU runs repeat exactly)")
+    p.add_argument(
+        "--data-dir",
+        default="data",
+        help="holds cifar-10-batches-py/ or cifar-10-python.tar.gz; downloaded there if absent",
+    )
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
+    p.add_argument(
+        "--fake-data",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train on N synthetic images (test on N/5) instead of CIFAR-10; 0 = real data",
+    )
+    p.add_argument(
+        "--output-dir", default="outputs", help="weights, metrics, summary, plot (Azure ML uploads ./outputs)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="allow replacing a finished run's results in --output-dir")
+    p.add_argument(
+        "--checkpoint-dir",
+        default="checkpoints",
+        help="where checkpoints go (on Azure ML: a mounted datastore path that survives preemption)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=2000,
+        metavar="STEPS",
+        help="also checkpoint every this many steps (0 = only at epoch ends and on SIGTERM/SIGINT)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="PATH|auto",
+        help="a checkpoint file, or 'auto': the latest in --checkpoint-dir (a fresh start if there is none)",
+    )
+    p.add_argument(
+        "--log-interval", type=positive_int, default=2000, help="print the running loss every this many mini-batches"
+    )
+    p.add_argument(
+        "--pipeline",
+        choices=("fast", "tutorial"),
+        default="fast",
+        help="fast: decoded tensors, randperm + slicing; tutorial: per-image PIL transforms in a DataLoader",
+    )
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (--pipeline tutorial only)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available, else cpu"
+    )
+    p.add_argument(
+        "--progress", choices=("auto", "on", "off"), default="auto", help="live progress bar (auto = on a TTY)"
+    )
+    return p.parse_args(argv)
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def packages_fingerprint():
+    """One hash of every installed distribution and version: equal hashes, equal Python stack."""
+    names = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def provenance():
+    return {
+        "image_revision": os.environ.get("IMAGE_REVISION", "none"),
+        "image_version": os.environ.get("IMAGE_VERSION", "none"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": metadata.version("torchvision"),
+        "packages_sha256": packages_fingerprint(),
+    }
+
+
+def load_data(args):
+    """(x_train, y_train, x_test, y_test, tutorial datasets or None)."""
+    if args.fake_data:
+        x, y = data.fake_cifar10(args.fake_data, seed=args.seed)
+        xt, yt = data.fake_cifar10(max(args.fake_data // 5, 1), seed=args.seed + 1)
+        sets = (data.TensorImages(x, y, data.TUTORIAL_TRANSFORM), None)
+        return x, y, xt, yt, sets
+    transform = data.TUTORIAL_TRANSFORM if args.pipeline == "tutorial" else None
+    download = not args.no_download
+    train_set = data.open_cifar10(args.data_dir, train=True, download=download, transform=transform)
+    test_set = data.open_cifar10(args.data_dir, train=False, download=download, transform=transform)
+    x, y = data.to_tensors(train_set)
+    xt, yt = data.to_tensors(test_set)
+    return x, y, xt, yt, (train_set, test_set)
+
+
+def epoch_order(n, seed, epoch):
+    """A fresh permutation each epoch, derived from (seed, epoch) so that a resumed run draws the same."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+@torch.no_grad()
+def evaluate(model, x, y, device, autocast, batch_size=1000):
+    """Accuracy overall and per class, for any batch size (no per-class loop over a batch of 4)."""
+    model.eval()
+    correct = torch.zeros(10, dtype=torch.int64)
+    total = torch.bincount(y, minlength=10)
+    for i in range(0, len(x), batch_size):
+        xb, yb = data.normalize(x[i : i + batch_size]).to(device), y[i : i + batch_size]
+        with autocast:
+            pred = model(xb).argmax(1).cpu()
+        correct += torch.bincount(yb[pred == yb], minlength=10)
+    model.train()
+    per_class = {c: (correct[i] / total[i]).item() if total[i] else float("nan") for i, c in enumerate(data.CLASSES)}
+    return (correct.sum() / total.sum()).item(), per_class
+
+
+def plot(metrics_path, png_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    loss = [(r["step"], r["value"]) for r in rows if r["name"] == "train/loss"]
+    acc = [(r["epoch"], r["value"]) for r in rows if r["name"] == "test/accuracy"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    if loss:
+        a.plot(*zip(*loss, strict=True))
+    a.set(title="training loss", xlabel="step", ylabel="cross-entropy")
+    if acc:
+        b.plot(*zip(*acc, strict=True), marker="o")
+    b.set(title="test accuracy", xlabel="epoch", ylabel="accuracy")
+    fig.tight_layout()
+    tmp = png_path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+class StopFlag:
+    """SIGTERM (docker stop, preemption) and SIGINT end the step in flight, then save and exit."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self, signum, frame):
+        self.signum = signum
+
+    def install(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    config = vars(args).copy()
+    out_dir, ckpt_dir = Path(args.output_dir), Path(args.checkpoint_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return fail(f"cannot create {e.filename}: {e.strerror}; mount a writable folder there or pass another path")
+
+    if args.device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        return fail("--device cuda but no CUDA device is visible: use --device cpu or auto")
+    else:
+        device = args.device
+    on_cuda = device == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # On CUDA: bf16 autocast and channels_last; the CPU path stays the tutorial's float32 math.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
+    memory_format = torch.channels_last if on_cuda else torch.contiguous_format
+
+    try:
+        x, y, xt, yt, tutorial_sets = load_data(args)
+    except data.DataError as e:
+        return fail(str(e))
+
+    torch.manual_seed(args.seed)
+    model = Net().to(device, memory_format=memory_format)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    recipe = {"model": type(model).__name__, **{k: config[k] for k in RECIPE}}
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "running_loss": 0.0, "train_seconds": 0.0}
+
+    resume_path = args.resume
+    if resume_path == "auto":
+        resume_path = find_latest(ckpt_dir)
+    if resume_path:
+        try:
+            ckpt = load_checkpoint(resume_path, recipe)
+        except CheckpointError as e:
+            return fail(str(e))
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"])
+        state = ckpt["state"]
+        print(f"resumed from {resume_path} at epoch {state['epoch'] + 1}, step {state['global_step']}")
+    else:
+        # A fresh start never appends to, or replaces, an earlier run's results unasked.
+        earlier = [p for p in (out_dir / "summary.json", out_dir / "metrics.jsonl") if p.exists()]
+        if earlier and not args.overwrite:
+            return fail(
+                f"{out_dir}/ already holds results ({earlier[0].name}): pass another --output-dir, "
+                f"--resume auto to continue that run, or --overwrite to replace it"
+            )
+        for p in earlier:
+            p.unlink()
+
+    metrics = Metrics(out_dir, azureml_run())
+    print("config: " + json.dumps({**config, "device": device, "threads": torch.get_num_threads()}))
+    info = provenance()
+    metrics.tag({**recipe, **info})
+
+    def checkpoint(reason):
+        path = ckpt_dir / f"step-{state['global_step']:08d}.pt"
+        save_atomic(
+            {
+                "format": 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(),
+                "state": dict(state),
+                "recipe": recipe,
+            },
+            path,
+        )
+        for old in sorted(ckpt_dir.glob("step-*.pt"))[:-2]:  # keep two: a crash mid-write leaves one good
+            old.unlink()
+        print(f"checkpoint ({reason}): {path}")
+
+    stop = StopFlag()
+    stop.install()
+    x_dev, y_dev = (x.to(device), y.to(device)) if args.pipeline == "fast" else (x, y)
+    steps_per_epoch = -(-len(x) // args.batch_size)
+    progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+    from tqdm import tqdm
+
+    while state["epoch"] < args.epochs:
+        epoch, skip = state["epoch"], state["step_in_epoch"]
+        order = epoch_order(len(x), args.seed, epoch)[skip * args.batch_size :]
+        if args.pipeline == "fast":
+            batches = data.fast_batches(x_dev, y_dev, args.batch_size, order.to(device))
+        else:
+            batches = data.tutorial_loader(tutorial_sets[0], args.batch_size, order, args.workers)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=skip,
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            disable=not progress,
+            leave=False,
+            file=sys.stderr,
+        )
+        say = tqdm.write if progress else print
+        t0 = time.perf_counter()
+        for inputs, labels in batches:
+            inputs = inputs.to(device, memory_format=memory_format, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            optimizer.zero_grad()
+            with autocast:
+                loss = criterion(model(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            state["running_loss"] += loss.item()  # a CPU-GPU sync point, as in the tutorial
+            state["step_in_epoch"] += 1
+            state["global_step"] += 1
+            bar.update()
+            i = state["step_in_epoch"]
+            if i % args.log_interval == 0:
+                avg = state["running_loss"] / args.log_interval
+                say(f"epoch={epoch + 1}, batch={i:5d}: loss {avg:.2f}")
+                metrics.log("train/loss", avg, state["global_step"], epoch + 1)
+                state["running_loss"] = 0.0
+            if stop.signum is not None:
+                state["train_seconds"] += time.perf_counter() - t0
+                bar.close()
+                checkpoint(signal.Signals(stop.signum).name)
+                print(f"stopped by {signal.Signals(stop.signum).name}; rerun with --resume auto to continue")
+                return EXIT_PREEMPTED
+            if args.checkpoint_every and state["global_step"] % args.checkpoint_every == 0 and i < steps_per_epoch:
+                checkpoint("interval")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        state["train_seconds"] += seconds
+        metrics.log("train/images_per_sec", len(order) / seconds, state["global_step"], epoch + 1)
+        acc, per_class = evaluate(model, xt.to(device), yt, device, autocast)
+        metrics.log("test/accuracy", acc, state["global_step"], epoch + 1)
+        for name, value in per_class.items():
+            metrics.log(f"test/accuracy/{name}", value, state["global_step"], epoch + 1)
+        print(f"epoch={epoch + 1}: test accuracy {acc:.1%}")
+        state.update(epoch=epoch + 1, step_in_epoch=0, running_loss=0.0)
+        checkpoint("epoch end")
+
+    print("Finished Training")
+    weights = out_dir / "model.pt"
+    save_atomic(model.state_dict(), weights)
+    plot(metrics.path, out_dir / "curves.png")
+    summary = {
+        "config": config,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "final": metrics.last,
+        "train_seconds": round(state["train_seconds"], 3),
+        "images_per_sec": round(args.epochs * len(x) / state["train_seconds"], 1),
+        "wall_seconds": round(time.time() - metrics.start, 3),
+        **info,
+    }
+    tmp = out_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, out_dir / "summary.json")
+    print(f"outputs: {weights}, {metrics.path}, {out_dir / 'curves.png'}, {out_dir / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

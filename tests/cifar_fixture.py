@@ -1,0 +1,65 @@
+"""Writes a small CIFAR-10 in the real on-disk format (cifar-10-batches-py pickles).
+
+Used by the unit tests (imported) and by the end-to-end tests (run inside the image):
+    python tests/cifar_fixture.py DATA_DIR [IMAGES_PER_BATCH]
+It prints the md5 of every file as JSON, the values torchvision's integrity check expects.
+"""
+
+import hashlib
+import json
+import pickle
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+TEST = "test_batch"
+
+
+def md5(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def write_cifar10(root, per_batch=20, seed=0, archive=False):
+    """Create root/cifar-10-batches-py (or only the .tar.gz); return {file name: md5}."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in [*TRAIN, TEST]:
+        entry = {
+            "batch_label": name,
+            "labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": classes, "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
+    sums = {name: md5(folder / name) for name in [*TRAIN, TEST, "batches.meta"]}
+    if archive:
+        tgz = Path(root) / "cifar-10-python.tar.gz"
+        with tarfile.open(tgz, "w:gz") as tar:
+            tar.add(folder, arcname="cifar-10-batches-py")
+        sums["cifar-10-python.tar.gz"] = md5(tgz)
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+    return sums
+
+
+def expect_checksums(cifar10_cls, sums):
+    """Make torchvision's CIFAR10 expect the fixture's md5s (its real check then runs on them)."""
+    cifar10_cls.train_list = [[name, sums[name]] for name in TRAIN]
+    cifar10_cls.test_list = [[TEST, sums[TEST]]]
+    cifar10_cls.meta = {**cifar10_cls.meta, "md5": sums["batches.meta"]}
+    if "cifar-10-python.tar.gz" in sums:
+        cifar10_cls.tgz_md5 = sums["cifar-10-python.tar.gz"]
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    print(json.dumps(write_cifar10(sys.argv[1], per_batch=n)))

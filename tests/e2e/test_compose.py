@@ -1,0 +1,161 @@
+"""End to end from the host: the real image, the real `docker compose run train`, files on the host.
+
+Run by `make test` after the image is built (IMAGE names it). Every test gets its own data,
+outputs and checkpoint folders, mounted where compose.yaml mounts ./data, ./outputs, ./checkpoints.
+"""
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = os.environ.get("IMAGE", "cifar10-trainer:local")
+UID = 4242  # an arbitrary UID, as OpenShift and some CI runners assign
+LOSS_LINE = re.compile(r"^epoch=\d+, batch= *\d+: loss \d+\.\d\d$", re.M)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    made = {}
+    for name in ("data", "outputs", "checkpoints"):
+        made[name] = tmp_path / name
+        made[name].mkdir()
+        os.chmod(made[name], 0o777)  # writable by the container's UID, whoever runs the tests
+    return made
+
+
+def compose(dirs, *args, uid=UID, timeout=600, check=True):
+    env = {
+        **os.environ,
+        "IMAGE": IMAGE,
+        "LOCAL_UID": str(uid),
+        "LOCAL_GID": str(uid),
+        "DATA_DIR": str(dirs["data"]),
+        "OUTPUTS_DIR": str(dirs["outputs"]),
+        "CHECKPOINTS_DIR": str(dirs["checkpoints"]),
+    }
+    result = subprocess.run(
+        ["docker", "compose", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_compose_run_train_passes_flags_and_leaves_outputs_owned_by_the_user(dirs):
+    r = compose(dirs, "run", "--rm", "train", "--epochs", "1", "--fake-data", "400", "--log-interval", "50")
+    assert len(LOSS_LINE.findall(r.stdout)) == 2
+    assert "epoch=1, batch=   50: loss " in r.stdout and "Finished Training" in r.stdout
+    summary = json.loads((dirs["outputs"] / "summary.json").read_text())
+    assert summary["config"]["epochs"] == 1 and summary["config"]["fake_data"] == 400
+    assert summary["image_revision"] not in ("", "none")  # baked in at build time
+    for name in ("model.pt", "metrics.jsonl", "summary.json", "curves.png"):
+        assert (dirs["outputs"] / name).stat().st_uid == UID
+    assert sorted(p.name for p in dirs["checkpoints"].iterdir())  # at least the epoch-end checkpoint
+
+
+def test_plain_docker_run_with_arbitrary_uid_and_read_only_root(dirs):
+    r = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--user",
+            f"{UID}:{UID}",
+            "-v",
+            f"{dirs['outputs']}:/work/outputs",
+            "-v",
+            f"{dirs['checkpoints']}:/work/checkpoints",
+            IMAGE,
+            "--epochs",
+            "1",
+            "--fake-data",
+            "100",
+            "--log-interval",
+            "25",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(LOSS_LINE.findall(r.stdout)) == 1
+    assert (dirs["outputs"] / "model.pt").stat().st_uid == UID
+
+
+def test_real_format_cifar_files_through_compose(dirs):
+    # The fixture is written inside the image (numpy lives there), as UID 4242 into the data mount.
+    tests = f"{ROOT / 'tests'}:/app/tests:ro"
+    compose(
+        dirs,
+        "run",
+        "--rm",
+        "-v",
+        tests,
+        "--entrypoint",
+        "python",
+        "train",
+        "/app/tests/cifar_fixture.py",
+        "/work/data",
+        "100",
+    )
+    assert (dirs["data"] / "cifar-10-batches-py" / "data_batch_5").is_file()
+    r = compose(
+        dirs,
+        "run",
+        "--rm",
+        "-v",
+        tests,
+        "--entrypoint",
+        "python",
+        "train",
+        "/app/tests/e2e/train_on_fixture.py",
+        "--epochs",
+        "1",
+        "--log-interval",
+        "25",
+        "--no-download",
+    )
+    assert len(LOSS_LINE.findall(r.stdout)) == 5  # 500 images / batch 4 = 125 steps
+    assert json.loads((dirs["outputs"] / "summary.json").read_text())["config"]["fake_data"] == 0
+
+
+def test_missing_data_and_no_network_fails_in_one_line_and_writes_nothing(dirs):
+    r = compose(dirs, "run", "--rm", "train", "--no-download", check=False)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("error: CIFAR-10 is missing or corrupt in data/")
+    assert "Traceback" not in r.stderr
+    assert list(dirs["outputs"].iterdir()) == []
+
+
+def test_image_carries_labels_and_no_build_secrets():
+    labels = json.loads(
+        subprocess.check_output(["docker", "image", "inspect", IMAGE, "--format", "{{json .Config.Labels}}"], text=True)
+    )
+    for key in ("source", "revision", "version", "created"):
+        assert f"org.opencontainers.image.{key}" in labels
+    history = subprocess.check_output(["docker", "history", "--no-trunc", IMAGE], text=True)
+    assert "PRIVATE KEY" not in history and "BEGIN CERTIFICATE" not in history
+    found = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "sh",
+            IMAGE,
+            "-c",
+            "ls /run/secrets 2>/dev/null; grep -rl 'BEGIN CERTIFICATE' /opt/venv/etc /etc/pip* 2>/dev/null",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert found.stdout.strip() == ""
