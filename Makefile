@@ -55,7 +55,7 @@ lock: ## re-resolve docker/requirements.in into docker/requirements.lock (in a c
 	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
 
 bench-image: ## print image size, cold build time, rebuild time after a one-line src change
-	bash tests/bench_image.sh
+	bash bench/image.sh
 
 clean: ## remove outputs, checkpoints, the host test venv and the image (keeps downloaded data)
 	rm -rf $(OUTPUTS_DIR)/* $(CHECKPOINTS_DIR)/* $(HOST_VENV)
