@@ -23,7 +23,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build train test test-unit test-e2e lint lock bench-image clean
+.PHONY: help build train dirs test test-unit test-e2e lint lock bench bench-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,14 +45,18 @@ test-unit: ## unit tests, inside the training image
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
 	$(PYTEST) -p no:cacheprovider tests/e2e
 
-lint: $(HOST_VENV) ## ruff over src, azure, tests
-	$(HOST_VENV)/bin/ruff check src tests
-	$(HOST_VENV)/bin/ruff format --check src tests
+lint: $(HOST_VENV) ## ruff over src, tests, bench
+	$(HOST_VENV)/bin/ruff check src tests bench
+	$(HOST_VENV)/bin/ruff format --check src tests bench
 
 lock: ## re-resolve docker/requirements.in into docker/requirements.lock (in a container)
 	docker buildx build -f docker/Dockerfile --target lock --output type=local,dest=docker \
 	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
+
+bench: build ## training throughput: the tutorial's data pipeline vs ours, in the image
+	$(COMPOSE) run --rm -v $(CURDIR)/bench:/app/bench:ro -v $(CURDIR)/tests:/app/tests:ro \
+	  --entrypoint python train /app/bench/throughput.py $(ARGS)
 
 bench-image: ## print image size, cold build time, rebuild time after a one-line src change
 	bash bench/image.sh

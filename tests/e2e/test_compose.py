@@ -28,8 +28,8 @@ def dirs(tmp_path):
     return made
 
 
-def compose(dirs, *args, uid=UID, timeout=600, check=True):
-    env = {
+def compose_env(dirs, uid=UID):
+    return {
         **os.environ,
         "IMAGE": IMAGE,
         "LOCAL_UID": str(uid),
@@ -38,6 +38,10 @@ def compose(dirs, *args, uid=UID, timeout=600, check=True):
         "OUTPUTS_DIR": str(dirs["outputs"]),
         "CHECKPOINTS_DIR": str(dirs["checkpoints"]),
     }
+
+
+def compose(dirs, *args, uid=UID, timeout=600, check=True):
+    env = compose_env(dirs, uid)
     result = subprocess.run(
         ["docker", "compose", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -56,6 +60,42 @@ def test_compose_run_train_passes_flags_and_leaves_outputs_owned_by_the_user(dir
     for name in ("model.pt", "metrics.jsonl", "summary.json", "curves.png"):
         assert (dirs["outputs"] / name).stat().st_uid == UID
     assert sorted(p.name for p in dirs["checkpoints"].iterdir())  # at least the epoch-end checkpoint
+
+
+def test_docker_stop_mid_run_then_resume_auto_matches_an_uninterrupted_run(dirs):
+    flags = ["--epochs", "1", "--fake-data", "20000", "--log-interval", "100", "--threads", "1"]
+    compose(
+        dirs, "run", "--rm", "train", *flags, "--output-dir", "outputs/full", "--checkpoint-dir", "checkpoints/full"
+    )
+    full = json.loads((dirs["outputs"] / "full" / "summary.json").read_text())
+
+    name = f"cifar10-stop-test-{os.getpid()}"
+    stopped = ["--output-dir", "outputs/stopped", "--checkpoint-dir", "checkpoints/stopped"]
+    env = compose_env(dirs)
+    child = subprocess.Popen(
+        ["docker", "compose", "run", "--name", name, "train", *flags, *stopped],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for line in child.stdout:
+            if line.startswith("epoch=1, batch=  500:"):
+                subprocess.run(["docker", "stop", name], check=True, capture_output=True, timeout=60)
+                break
+        rest = child.stdout.read()
+        assert child.wait(timeout=120) == 75, rest  # EXIT_PREEMPTED: checkpoint saved
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    assert "checkpoint (SIGTERM)" in rest and "Finished Training" not in rest
+    assert not (dirs["outputs"] / "stopped" / "summary.json").exists()
+
+    r = compose(dirs, "run", "--rm", "train", *flags, *stopped, "--resume", "auto")
+    assert "resumed from checkpoints/stopped/step-" in r.stdout
+    resumed = json.loads((dirs["outputs"] / "stopped" / "summary.json").read_text())
+    assert resumed["weights_sha256"] == full["weights_sha256"]
 
 
 def test_plain_docker_run_with_arbitrary_uid_and_read_only_root(dirs):

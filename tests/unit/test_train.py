@@ -127,3 +127,35 @@ def test_unreadable_or_missing_checkpoint_is_refused(tmp_path, capsys):
     assert "is not a readable checkpoint" in capsys.readouterr().err
     assert run_main(tmp_path, "--fake-data", "40", "--resume", str(tmp_path / "nope.pt")) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def logged_losses(out_dir):
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["value"] for r in rows if r["name"] == "train/loss"]
+
+
+@pytest.mark.parametrize("source", ["fake", "cifar_files"])
+def test_fast_path_and_tutorial_pipeline_give_the_same_loss_trajectory(source, tmp_path, request):
+    flags = ["--epochs", "2", "--log-interval", "1", "--threads", "1"]
+    flags += ["--fake-data", "120"] if source == "fake" else ["--no-download"]
+    if source == "cifar_files":
+        request.getfixturevalue("cifar_dir")
+    assert run_main(tmp_path, *flags, "--pipeline", "fast", out="fast") == 0
+    assert run_main(tmp_path, *flags, "--pipeline", "tutorial", "--overwrite", out="tutorial") == 0
+    fast, tutorial = logged_losses(tmp_path / "fast"), logged_losses(tmp_path / "tutorial")
+    assert len(fast) == len(tutorial) >= 60
+    assert fast == tutorial
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("fast", "tutorial")]
+    assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
+
+
+def test_every_sample_once_per_epoch_in_a_fresh_order():
+    first, second = train.epoch_order(1000, 0, 0), train.epoch_order(1000, 0, 1)
+    assert torch.equal(first.sort().values, torch.arange(1000)) and not torch.equal(first, second)
+    assert torch.equal(first, train.epoch_order(1000, 0, 0))  # what a resumed run relies on
+
+
+def test_progress_bar_keeps_the_tutorial_lines_on_stdout(tmp_path, capsys):
+    assert run_main(tmp_path, "--epochs", "1", "--fake-data", "80", "--log-interval", "10", "--progress", "on") == 0
+    captured = capsys.readouterr()
+    assert len(LOSS_LINE.findall(captured.out)) == 2 and "epoch 1/1" in captured.err

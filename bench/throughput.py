@@ -1,0 +1,101 @@
+"""Training throughput: the tutorial's exact data pipeline against ours, same generated data, one run.
+
+    make bench        # runs this inside the image
+
+The tutorial pipeline is verbatim: torchvision CIFAR10 + ToTensor + Normalize and
+DataLoader(batch_size=4, shuffle=True, num_workers=2). Ours decodes once and slices
+randperm batches out of a uint8 tensor. Both train the tutorial's Net with SGD(0.001, 0.9).
+Prints images/s for each, their ratio, ours at other thread counts and batch sizes, and
+the largest loss difference when both see the same order of samples.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parents[1] / "tests")]
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision import datasets  # noqa: E402
+
+import data  # noqa: E402
+from cifar_fixture import expect_checksums, write_cifar10  # noqa: E402
+from model import Net  # noqa: E402
+from train import make_optimizer, train_step  # noqa: E402
+
+
+def tutorial_optimizer(model, lr, momentum):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)  # verbatim from the tutorial
+
+
+def timed(batches, steps, batch_size, optimizer_fn=make_optimizer, warmup=20):
+    """Images/s over `steps` SGD steps after `warmup` (first DataLoader workers, allocator)."""
+    torch.manual_seed(0)
+    model, criterion = Net(), nn.CrossEntropyLoss()
+    optimizer = optimizer_fn(model, lr=0.001, momentum=0.9)
+    it = iter(batches)
+    for _ in range(warmup):
+        x, y = next(it)
+        train_step(model, optimizer, criterion, x, y).item()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        x, y = next(it)
+        train_step(model, optimizer, criterion, x, y).item()  # .item(), as the tutorial's running loss
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def losses(batches, steps, optimizer_fn):
+    torch.manual_seed(0)
+    model, criterion = Net(), nn.CrossEntropyLoss()
+    optimizer = optimizer_fn(model, lr=0.001, momentum=0.9)
+    it = iter(batches)
+    return torch.tensor([train_step(model, optimizer, criterion, *next(it)).item() for _ in range(steps)])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=3000, help="timed SGD steps at batch 4")
+    p.add_argument("--images", type=int, default=10000, help="images per generated training batch file (x5)")
+    args = p.parse_args()
+    cores = os.cpu_count()
+    root = Path(tempfile.mkdtemp())
+    expect_checksums(datasets.CIFAR10, write_cifar10(root, per_batch=args.images))
+    print(f"torch {torch.__version__}, {cores} cores, {5 * args.images} generated CIFAR-10 images on disk")
+    print(f"allocator for both pipelines: {os.environ.get('LD_PRELOAD') or 'glibc malloc'}")
+
+    torch.set_num_threads(cores)  # the tutorial leaves torch's default
+    trainset = datasets.CIFAR10(root, train=True, download=False, transform=data.TUTORIAL_TRANSFORM)
+    loader = DataLoader(trainset, batch_size=4, shuffle=True, num_workers=2)
+    tutorial = timed(loader, args.steps, 4, tutorial_optimizer)
+    print(f"tutorial pipeline, batch 4, {cores} threads, 2 workers: {tutorial:8.0f} images/s")
+
+    x, y = data.to_tensors(datasets.CIFAR10(root, train=True, download=False))
+    ours = {}
+    for threads in sorted({1, cores}):
+        torch.set_num_threads(threads)
+        ours[threads] = timed(data.fast_batches(x, y, 4, torch.randperm(len(x))), args.steps, 4)
+        print(f"our pipeline,      batch 4, {threads} threads:            {ours[threads]:8.0f} images/s")
+    best = max(ours, key=ours.get)
+    print(f"ratio ours/tutorial at batch 4: {ours[best] / tutorial:.2f}x (best: {best} thread(s))")
+
+    for batch in (128, 512):
+        for threads in sorted({1, cores}):
+            torch.set_num_threads(threads)
+            steps = max(len(x) // batch - 25, 10)
+            ips = timed(data.fast_batches(x, y, batch, torch.randperm(len(x))), steps, batch, warmup=5)
+            print(f"our pipeline,  batch {batch:4d}, {threads} threads:            {ips:8.0f} images/s")
+
+    torch.set_num_threads(cores)
+    order = torch.randperm(len(x))
+    a = losses(DataLoader(trainset, batch_size=4, sampler=order.tolist(), num_workers=2), 200, tutorial_optimizer)
+    b = losses(data.fast_batches(x, y, 4, order), 200, make_optimizer)
+    print(f"same order, 200 steps: max |loss difference| = {(a - b).abs().max().item():.3g}")
+
+
+if __name__ == "__main__":
+    main()
