@@ -7,11 +7,14 @@ DATA_DIR     ?= ./data
 OUTPUTS_DIR  ?= ./outputs
 CHECKPOINTS_DIR ?= ./checkpoints
 HOST_VENV    ?= .venv-host
+# make submit: see README "Azure ML" for each (REGISTRY, SDK, DRY_RUN, AUTH, COMPUTE, VM_SIZE,
+# MAX_NODES, LOW_PRIORITY, EXPERIMENT, SHM_SIZE, DATASTORE, DATA_PATH, CHECKPOINT_PATH, WAIT)
+TRAIN_ARGS   ?= --epochs $(EPOCHS)
 
 # Files written into the mounted folders belong to whoever runs make.
 export LOCAL_UID := $(shell id -u)
 export LOCAL_GID := $(shell id -g)
-export IMAGE DATA_DIR OUTPUTS_DIR CHECKPOINTS_DIR
+export IMAGE DATA_DIR OUTPUTS_DIR CHECKPOINTS_DIR TRAIN_ARGS
 # Provenance baked into the image as OCI labels; the commit time keeps rebuilds cache-friendly.
 export REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
 export VERSION  := $(shell git describe --tags --always 2>/dev/null || echo dev)
@@ -23,7 +26,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build train dirs test test-unit test-e2e lint lock bench bench-image clean
+.PHONY: help build train dirs submit test test-unit test-e2e lint lock bench bench-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +40,10 @@ train: build dirs ## train in the image: make train EPOCHS=1 ARGS="--fake-data 2
 dirs:
 	@mkdir -p $(DATA_DIR) $(OUTPUTS_DIR) $(CHECKPOINTS_DIR)
 
+submit: build ## push the image by digest and submit it to Azure ML (DRY_RUN=1: print only)
+	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
+	bash azure/submit.sh
+
 test: build test-unit test-e2e ## build, unit tests in the image, end-to-end tests through compose
 
 test-unit: ## unit tests, inside the training image
@@ -45,9 +52,9 @@ test-unit: ## unit tests, inside the training image
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
 	$(PYTEST) -p no:cacheprovider tests/e2e
 
-lint: $(HOST_VENV) ## ruff over src, tests, bench
-	$(HOST_VENV)/bin/ruff check src tests bench
-	$(HOST_VENV)/bin/ruff format --check src tests bench
+lint: $(HOST_VENV) ## ruff over src, tests, bench, azure
+	$(HOST_VENV)/bin/ruff check src tests bench azure
+	$(HOST_VENV)/bin/ruff format --check src tests bench azure
 
 lock: ## re-resolve docker/requirements.in into docker/requirements.lock (in a container)
 	docker buildx build -f docker/Dockerfile --target lock --output type=local,dest=docker \

@@ -11,12 +11,10 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import signal
 import sys
 import time
 from contextlib import nullcontext
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ import data
 from checkpoint import CheckpointError, find_latest, load_checkpoint, save_atomic
 from metrics import Metrics, azureml_run
 from model import Net
+from provenance import provenance
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal, checkpoint saved, rerun with --resume
 # The flags that define the math; a checkpoint made with other values is refused.
@@ -114,23 +113,6 @@ def parse_args(argv=None):
 def fail(message):
     print(f"error: {message}", file=sys.stderr)
     return 1
-
-
-def packages_fingerprint():
-    """One hash of every installed distribution and version: equal hashes, equal Python stack."""
-    names = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
-
-
-def provenance():
-    return {
-        "image_revision": os.environ.get("IMAGE_REVISION", "none"),
-        "image_version": os.environ.get("IMAGE_VERSION", "none"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": metadata.version("torchvision"),
-        "packages_sha256": packages_fingerprint(),
-    }
 
 
 def load_data(args):

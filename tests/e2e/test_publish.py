@@ -1,0 +1,141 @@
+"""`make submit` up to Azure: the push and pull by digest against a real registry on 127.0.0.1
+(Debian's docker-registry, started here), and the refusals that must push nothing."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = os.environ.get("IMAGE", "cifar10-trainer:local")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("Debian's docker-registry is not installed (.ci/run installs it)")
+    root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = root / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: error\n"
+    )
+    server = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    for _ in range(50):
+        try:
+            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield address
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def tags(registry):
+    try:
+        with urllib.request.urlopen(f"http://{registry}/v2/cifar10-trainer/tags/list", timeout=5) as r:
+            return json.load(r)["tags"] or []
+    except urllib.error.HTTPError as e:
+        assert e.code == 404  # no such repository: nothing was ever pushed
+        return []
+
+
+def test_publish_pushes_an_immutable_tag_and_the_digest_pulls_the_same_image(registry):
+    ref = subprocess.run(
+        ["bash", "azure/publish.sh", IMAGE, registry], cwd=ROOT, check=True, capture_output=True, text=True, timeout=900
+    ).stdout.strip()
+    repo_tag, digest = ref.split("@")
+    assert repo_tag.startswith(f"{registry}/cifar10-trainer:") and digest.startswith("sha256:")
+    assert repo_tag.rsplit(":", 1)[1] in tags(registry)
+    local_id = subprocess.check_output(["docker", "image", "inspect", "-f", "{{.Id}}", IMAGE], text=True).strip()
+    assert local_id[7:19] in repo_tag  # the tag names the image it points at
+    subprocess.run(["docker", "pull", "--quiet", ref], check=True, capture_output=True, timeout=600)
+    pulled_id = subprocess.check_output(["docker", "image", "inspect", "-f", "{{.Id}}", ref], text=True).strip()
+    assert pulled_id == local_id
+    r = subprocess.run(["docker", "run", "--rm", ref, "--help"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "--fake-data" in r.stdout
+
+
+@pytest.fixture
+def worktree(tmp_path):
+    """A copy of what `make submit` reads, so its src/ and .azureml/ can be changed freely."""
+    for part in ("azure", "src", "docker", "compose.yaml"):
+        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, tmp_path / part)
+    (tmp_path / ".azureml").mkdir()
+    (tmp_path / "azure-config").mkdir()
+    return tmp_path
+
+
+def submit_sh(worktree, registry, **env):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE", "DRY_RUN"))}
+    return subprocess.run(
+        ["bash", "azure/submit.sh"],
+        cwd=worktree,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+        env={
+            **clean,
+            "IMAGE": IMAGE,
+            "REGISTRY": registry,
+            "AZURE_CONFIG_DIR": str(worktree / "azure-config"),
+            "LOCAL_UID": str(os.getuid()),
+            "LOCAL_GID": str(os.getgid()),
+            **env,
+        },
+    )
+
+
+def test_stale_src_is_refused_before_anything_is_pushed(worktree, registry):
+    before = tags(registry)
+    with (worktree / "src" / "train.py").open("a") as f:
+        f.write("# edited after the image was built\n")
+    r = submit_sh(worktree, registry)
+    assert r.returncode != 0
+    assert "differs from the code baked into this image" in r.stderr and "rebuild and push" in r.stderr
+    assert tags(registry) == before
+
+
+def test_missing_workspace_config_is_refused_before_anything_is_pushed(worktree, registry):
+    before = tags(registry)
+    r = submit_sh(worktree, registry)
+    assert r.returncode != 0 and "no Azure ML workspace configured" in r.stderr
+    assert tags(registry) == before
+
+
+def test_missing_credentials_are_refused_before_anything_is_pushed(worktree, registry):
+    before = tags(registry)
+    (worktree / ".azureml" / "config.json").write_text(
+        json.dumps({"subscription_id": "0000", "resource_group": "rg", "workspace_name": "ws"})
+    )
+    r = submit_sh(worktree, registry, AUTH="sp")
+    assert r.returncode != 0 and "service principal login needs AZURE_TENANT_ID" in r.stderr
+    r = submit_sh(worktree, registry)
+    assert r.returncode != 0 and "no Azure credentials" in r.stderr
+    assert tags(registry) == before
+
+
+def test_make_submit_dry_run_prints_the_push_and_the_definitions_without_network(worktree, registry):
+    r = submit_sh(worktree, registry, DRY_RUN="1", TRAIN_ARGS="--epochs 1")
+    assert r.returncode == 0, r.stderr
+    assert f"would run: docker tag {IMAGE} {registry}/cifar10-trainer:" in r.stderr
+    plan = json.loads(r.stdout[r.stdout.index("{") :])
+    assert plan["environment"]["docker"]["baseImage"].startswith(f"{registry}/cifar10-trainer:")
+    assert plan["runConfiguration"]["arguments"] == ["--epochs", "1"]

@@ -1,0 +1,194 @@
+"""make submit, SDK v1, up to the network: what azureml-core would send, and what is refused."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import aml
+import submit
+from provenance import source_digest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+DIGEST = "sha256:" + "ab12" * 16
+REF = f"myws.azurecr.io/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
+
+
+@pytest.fixture
+def source(tmp_path, monkeypatch):
+    """A copy of src/ and the digest an image built from it would carry."""
+    copy = tmp_path / "src"
+    shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    baked = tmp_path / "src.sha256"
+    baked.write_text(source_digest(copy) + "\n")
+    monkeypatch.setattr(submit, "SOURCE", copy)
+    monkeypatch.setattr(submit, "IMAGE_DIGEST_FILE", baked)
+    for var in (*aml.WORKSPACE_VARS, *aml.SP_VARS):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no cached Azure login
+    return copy
+
+
+def dry_run(capsys, *extra):
+    rc = submit.main(["run", "--image", REF, "--dry-run", *extra])
+    out = capsys.readouterr().out
+    assert rc == 0
+    return json.loads(out)
+
+
+def test_dry_run_prints_the_environment_and_run_configuration_field_by_field(source, capsys):
+    plan = dry_run(capsys, "--compute", "gpu-cluster", "--shm-size", "8g", "--", "--epochs", "1", "--batch-size", "8")
+    env = plan["environment"]
+    assert env["name"] == "cifar10-trainer" and not env["name"].lower().startswith(("azureml", "microsoft"))
+    assert env["version"] == "ab12ab12ab12ab12"  # from the digest
+    assert env["docker"]["baseImage"] == REF
+    assert env["python"]["userManagedDependencies"] is True
+    assert env["python"]["interpreterPath"] == "/opt/venv/bin/python"
+    assert "condaDependencies" not in env["python"] and env["environmentVariables"] == {}
+    rc = plan["runConfiguration"]
+    assert rc["script"] == "train.py"
+    assert rc["arguments"] == ["--epochs", "1", "--batch-size", "8"]
+    assert rc["target"] == "gpu-cluster"
+    assert rc["docker"] == {"useDocker": True, "sharedVolumes": True, "arguments": [], "shmSize": "8g"}
+    assert rc["environment"]["docker"]["baseImage"] == REF
+    # one process on one node: no distribution
+    assert rc["framework"] == "Python" and rc["communicator"] == "None" and rc["nodeCount"] == 1
+    assert rc["dataReferences"] == {}
+    assert plan["compute"] == {
+        "name": "gpu-cluster",
+        "if_missing": {
+            "vm_size": "STANDARD_D2_V2",
+            "vm_priority": "dedicated",
+            "min_nodes": 0,
+            "max_nodes": 1,
+            "idle_seconds_before_scaledown": 1800,
+        },
+    }
+    assert plan["snapshot"]["files"] <= 20 and plan["snapshot"]["bytes"] < 1_000_000
+
+
+def test_dataset_and_checkpoints_are_datastore_mounts_and_the_run_resumes(source, capsys):
+    plan = dry_run(
+        capsys,
+        "--datastore",
+        "cifarstore",
+        "--data-path",
+        "datasets/cifar10",
+        "--checkpoint-path",
+        "checkpoints/cifar10/run-1",
+        "--low-priority",
+        "--",
+        "--epochs",
+        "2",
+    )
+    rc = plan["runConfiguration"]
+    assert rc["arguments"] == [
+        "--epochs",
+        "2",
+        "--data-dir",
+        "$AZUREML_DATAREFERENCE_cifar10",
+        "--checkpoint-dir",
+        "$AZUREML_DATAREFERENCE_checkpoints",
+        "--resume",
+        "auto",
+        "--overwrite",
+    ]
+    refs = rc["dataReferences"]
+    assert refs["cifar10"] == {
+        "dataStoreName": "cifarstore",
+        "pathOnDataStore": "datasets/cifar10",
+        "mode": "mount",
+        "overwrite": False,
+        "pathOnCompute": None,
+    }
+    assert refs["checkpoints"]["pathOnDataStore"] == "checkpoints/cifar10/run-1"
+    assert refs["checkpoints"]["mode"] == "mount"
+    assert plan["compute"]["if_missing"]["vm_priority"] == "lowpriority"
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "myws.azurecr.io/cifar10-trainer:latest",
+        f"myws.azurecr.io/cifar10-trainer@{DIGEST}",
+        "myws.azurecr.io/cifar10-trainer:v1@sha256:123",
+    ],
+)
+def test_a_moving_or_malformed_image_reference_is_refused(source, capsys, ref):
+    assert submit.main(["run", "--image", ref, "--dry-run"]) == 1
+    assert "is not pinned as REPO:TAG@sha256:DIGEST" in capsys.readouterr().err
+
+
+def test_src_that_differs_from_the_image_is_refused(source, capsys):
+    with (source / "model.py").open("a") as f:
+        f.write("# an edit after the image was built\n")
+    assert submit.main(["run", "--image", REF, "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "differs from the code baked into this image" in err and "rebuild and push" in err
+    assert submit.main(["check-source"]) == 1
+
+
+def test_check_source_passes_for_the_image_itself(source, capsys):
+    assert submit.main(["check-source"]) == 0
+    assert "matches the image's code" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not Path("/app/src.sha256").is_file(), reason="runs inside the training image")
+def test_the_image_carries_the_digest_of_its_own_code():
+    assert Path("/app/src.sha256").read_text().strip() == source_digest("/app/src")
+
+
+def test_missing_workspace_config_is_one_clear_error(source, tmp_path, capsys):
+    assert submit.main(["login", "--config", str(tmp_path / "nope.json")]) == 1
+    err = capsys.readouterr().err
+    assert "no Azure ML workspace configured" in err and "AZUREML_SUBSCRIPTION_ID" in err
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"subscription_id": "0000", "resource_group": "rg", "workspace_name": "ws"}))
+    return path
+
+
+def test_missing_service_principal_variables_are_named(source, config, capsys, monkeypatch):
+    monkeypatch.setenv("AZURE_CLIENT_ID", "app-id")
+    assert submit.main(["login", "--config", str(config)]) == 1
+    assert "service principal login needs AZURE_TENANT_ID, AZURE_CLIENT_SECRET" in capsys.readouterr().err
+
+
+def test_no_credentials_and_no_terminal_is_refused_before_any_login(source, config, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))
+    assert submit.main(["login", "--config", str(config)]) == 1
+    assert "no Azure credentials" in capsys.readouterr().err
+
+
+def test_workspace_from_environment_variables(monkeypatch, tmp_path):
+    for var, value in zip(aml.WORKSPACE_VARS, ("sub", "rg", "ws"), strict=True):
+        monkeypatch.setenv(var, value)
+    assert aml.workspace_settings(tmp_path / "absent.json") == {
+        "subscription_id": "sub",
+        "resource_group": "rg",
+        "workspace_name": "ws",
+    }
+
+
+def test_service_principal_from_environment_is_azureml_core_auth(monkeypatch):
+    from azureml.core.authentication import ServicePrincipalAuthentication
+
+    for var in aml.SP_VARS:
+        monkeypatch.setenv(var, "x")
+    assert isinstance(aml.authentication("auto"), ServicePrincipalAuthentication)
+
+
+def test_snapshot_honours_amlignore_and_refuses_oversize(tmp_path):
+    shutil.copytree(SRC, tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "src" / "outputs").mkdir()
+    (tmp_path / "src" / "outputs" / "model.pt").write_bytes(b"0" * 1000)
+    files, _ = aml.check_snapshot(tmp_path / "src")
+    assert files == len([p for p in SRC.iterdir() if p.is_file()])
+    for i in range(aml.SNAPSHOT_MAX_FILES):
+        (tmp_path / "src" / f"extra_{i}.txt").write_text("x")
+    with pytest.raises(aml.SubmitError, match="add what is not code to .*amlignore"):
+        aml.check_snapshot(tmp_path / "src")
