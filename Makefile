@@ -26,7 +26,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build train dirs submit test test-unit test-e2e lint lock bench bench-image clean
+.PHONY: help build build-submit-v2 train dirs submit test test-unit test-e2e lint lock bench bench-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,14 +40,19 @@ train: build dirs ## train in the image: make train EPOCHS=1 ARGS="--fake-data 2
 dirs:
 	@mkdir -p $(DATA_DIR) $(OUTPUTS_DIR) $(CHECKPOINTS_DIR)
 
-submit: build ## push the image by digest and submit it to Azure ML (DRY_RUN=1: print only)
+submit: build $(if $(filter v2,$(SDK)),build-submit-v2) ## push the image by digest, submit to Azure ML (DRY_RUN=1, SDK=v2)
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	bash azure/submit.sh
 
-test: build test-unit test-e2e ## build, unit tests in the image, end-to-end tests through compose
+build-submit-v2: ## the image that submits with SDK v2 (azure-ai-ml), kept apart from the runtime
+	$(COMPOSE) --profile azure build submit-v2
 
-test-unit: ## unit tests, inside the training image
+test: build build-submit-v2 test-unit test-e2e ## build, unit tests in the images, end-to-end tests through compose
+
+test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the submit-v2 image)
 	$(COMPOSE) run --rm test
+	$(COMPOSE) --profile azure run --rm -v $(CURDIR)/tests:/app/tests:ro -v $(CURDIR)/pyproject.toml:/app/pyproject.toml:ro \
+	  -w /app --entrypoint python submit-v2 -m pytest -p no:cacheprovider tests/unit/test_azure_v2.py
 
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
 	$(PYTEST) -p no:cacheprovider tests/e2e

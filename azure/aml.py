@@ -133,11 +133,17 @@ def compute_config(vm_size, max_nodes, low_priority):
 
 
 def snapshot_stats(source_dir):
-    """(files, bytes) that Azure ML would upload from source_dir, honouring its .amlignore."""
-    from azureml._project.ignore_file import get_project_ignore_file
+    """(files, bytes) that Azure ML would upload from source_dir, honouring its .amlignore.
 
-    ignore = get_project_ignore_file(str(source_dir))
-    files = [p for p in Path(source_dir).rglob("*") if p.is_file() and not ignore.is_file_excluded(str(p))]
+    pathspec's gitwildmatch is what both SDKs use for .amlignore; it is in both submit images.
+    """
+    import pathspec
+
+    source_dir = Path(source_dir)
+    ignore = source_dir / ".amlignore"
+    lines = ignore.read_text().splitlines() if ignore.is_file() else []
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", lines)
+    files = [p for p in source_dir.rglob("*") if p.is_file() and not spec.match_file(p.relative_to(source_dir))]
     return len(files), sum(p.stat().st_size for p in files)
 
 
@@ -212,17 +218,23 @@ def connect_workspace(settings, auth):  # network
 
 def registry_login_server(ws):  # network
     """The login server of the workspace's container registry (Azure ML pulls from it without credentials)."""
-    arm_id = ws.get_details().get("containerRegistry")
+    return login_server_of(ws.get_details().get("containerRegistry"))
+
+
+def login_server_of(arm_id):
     if not arm_id:
         raise SubmitError("the workspace has no container registry yet: set REGISTRY=NAME.azurecr.io to push elsewhere")
     return arm_id.rstrip("/").split("/")[-1] + ".azurecr.io"
 
 
-def acr_refresh_token(auth, login_server):  # network
-    """An ACR refresh token for `docker login --password-stdin`, exchanged for the Azure AD token."""
+def arm_token(auth):  # network
+    return auth.get_authentication_header()["Authorization"].split(" ", 1)[1]
+
+
+def acr_refresh_token(aad, login_server):  # network
+    """An ACR refresh token for `docker login --password-stdin`, in exchange for an Azure AD token."""
     import requests
 
-    aad = auth.get_authentication_header()["Authorization"].split(" ", 1)[1]
     r = requests.post(
         f"https://{login_server}/oauth2/exchange",
         data={"grant_type": "access_token", "service": login_server, "access_token": aad},

@@ -12,6 +12,7 @@ workspace config and the Azure token cache mounted; pushing is left to the host'
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import aml
 SOURCE = Path("src")  # the mounted work tree's src/, what Azure ML would upload
 IMAGE_DIGEST_FILE = Path("/app/src.sha256")  # written into the image at build time
 CONFIG = Path(".azureml/config.json")
+SDK = os.environ.get("AML_SDK", "v1")  # the submit-v2 image sets v2
 
 
 def parse_args(argv):
@@ -78,42 +80,68 @@ def check_source():
 
 def run(args):
     check_source()
-    env = aml.build_environment(args.image)
     files, size = aml.check_snapshot(SOURCE)
-    src = aml.build_run_config(
-        env,
-        SOURCE,
-        args.compute,
-        args.trainer_args,
-        shm_size=args.shm_size,
-        datastore=args.datastore,
-        data_path=args.data_path,
-        checkpoint_path=args.checkpoint_path,
+    job_args = dict(
+        shm_size=args.shm_size, datastore=args.datastore, data_path=args.data_path, checkpoint_path=args.checkpoint_path
     )
-    compute = aml.compute_config(args.vm_size, args.max_nodes, args.low_priority)
-    if args.dry_run:
+    if SDK == "v2":
+        import aml_v2
+
+        job = aml_v2.build_job(
+            aml_v2.build_environment(args.image), SOURCE, args.compute, args.trainer_args, args.experiment, **job_args
+        )
+        compute = aml_v2.compute_config(args.compute, args.vm_size, args.max_nodes, args.low_priority)
+        plan = {"compute": compute._to_dict(), **aml_v2.describe(job)}
+    else:
+        src = aml.build_run_config(
+            aml.build_environment(args.image), SOURCE, args.compute, args.trainer_args, **job_args
+        )
+        compute = aml.compute_config(args.vm_size, args.max_nodes, args.low_priority)
+        scale = compute.scale_settings
         plan = {
-            "sdk": "v1 (azureml-core)",
             "experiment": args.experiment,
             "compute": {
                 "name": args.compute,
                 "if_missing": {
                     "vm_size": compute.vm_size,
                     "vm_priority": compute.vm_priority,
-                    "min_nodes": compute.scale_settings.minimum_node_count,
-                    "max_nodes": compute.scale_settings.maximum_node_count,
-                    "idle_seconds_before_scaledown": compute.scale_settings.idle_seconds_before_scaledown,
+                    "min_nodes": scale.minimum_node_count,
+                    "max_nodes": scale.maximum_node_count,
+                    "idle_seconds_before_scaledown": scale.idle_seconds_before_scaledown,
                 },
             },
-            "snapshot": {"source_directory": str(SOURCE), "files": files, "bytes": size},
             **aml.describe(src),
         }
-        print(json.dumps(plan, indent=2, default=str))
+    if args.dry_run:
+        snapshot = {"source_directory": str(SOURCE), "files": files, "bytes": size}
+        print(json.dumps({"sdk": SDK, "snapshot": snapshot, **plan}, indent=2, default=str))
         return 0
-    ws = aml.connect_workspace(aml.workspace_settings(args.config), aml.authentication(args.auth))
-    src.run_config.target = aml.get_or_create_compute(ws, args.compute, compute)
-    aml.submit(ws, args.experiment, src, args.wait)
+    settings = aml.workspace_settings(args.config)
+    if SDK == "v2":
+        client = aml_v2.ml_client(settings, aml_v2.credential(args.auth))
+        aml_v2.get_or_create_compute(client, compute)
+        aml_v2.submit(client, job, args.wait)
+    else:
+        ws = aml.connect_workspace(settings, aml.authentication(args.auth))
+        src.run_config.target = aml.get_or_create_compute(ws, args.compute, compute)
+        aml.submit(ws, args.experiment, src, args.wait)
     return 0
+
+
+def login_server(settings, auth_mode):  # network
+    if SDK == "v2":
+        import aml_v2
+
+        return aml_v2.registry_login_server(aml_v2.ml_client(settings, aml_v2.credential(auth_mode)))
+    return aml.registry_login_server(aml.connect_workspace(settings, aml.authentication(auth_mode)))
+
+
+def arm_token(auth_mode):  # network
+    if SDK == "v2":
+        import aml_v2
+
+        return aml_v2.arm_token(aml_v2.credential(auth_mode))
+    return aml.arm_token(aml.authentication(auth_mode))
 
 
 def main(argv=None):
@@ -125,14 +153,13 @@ def main(argv=None):
         if args.command == "run":
             return run(args)
         settings = aml.workspace_settings(args.config)
-        auth = aml.authentication(args.auth)
         if args.command == "login":
-            auth.get_authentication_header()  # logs in now (device code) and caches the token
+            arm_token(args.auth)  # logs in now (device code if needed) and caches the token
             print(f"workspace {settings['workspace_name']} in {settings['resource_group']}: logged in")
         elif args.command == "registry":
-            print(aml.registry_login_server(aml.connect_workspace(settings, auth)))
+            print(login_server(settings, args.auth))
         elif args.command == "acr-token":
-            print(aml.acr_refresh_token(auth, args.registry))
+            print(aml.acr_refresh_token(arm_token(args.auth), args.registry))
         return 0
     except aml.SubmitError as e:
         print(f"error: {e}", file=sys.stderr)

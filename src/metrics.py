@@ -1,10 +1,12 @@
-"""The one place that talks to azureml-core: every metric goes to Run and to metrics.jsonl.
+"""The one place that talks to Azure ML: every metric goes to metrics.jsonl and to the run's tracker.
 
-Outside Azure ML, Run.get_context() returns an offline run, so the same code runs
-everywhere; the local file is what survives a laptop run.
+Tracker: azureml-core's Run in an SDK v1 run; MLflow (azureml-mlflow) where Azure ML sets
+MLFLOW_TRACKING_URI but Run.get_context() is offline (SDK v2 jobs); none on a laptop, where
+metrics.jsonl is the record. Both imports happen here, lazily, and nowhere else.
 """
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ def azureml_run():
     """The submitted Azure ML run, or None outside Azure ML (or without azureml-core).
 
     Outside Azure, Run.get_context() gives an offline run whose log() only prints
-    "Attempted to log ..." twice per value; metrics.jsonl is the record there instead.
+    "Attempted to log ..." twice per value.
     """
     try:
         from azureml.core import Run
@@ -23,10 +25,22 @@ def azureml_run():
     return None if run.id.startswith("OfflineRun") else run
 
 
+def mlflow_tracking():
+    """The mlflow module where a tracking server is configured, else None."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    try:
+        import mlflow
+    except ImportError:
+        return None
+    return mlflow
+
+
 class Metrics:
-    def __init__(self, out_dir, run=None):
+    def __init__(self, out_dir, run=None, mlflow=None):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.run = run
+        self.mlflow = None if run is not None else mlflow  # one tracker: no metric twice in Studio
         self.start = time.time()
         self.last = {}
 
@@ -44,8 +58,18 @@ class Metrics:
             f.write(json.dumps(record) + "\n")
         if self.run is not None:
             self.run.log(name, value)
+        elif self.mlflow is not None:
+            self.mlflow.log_metric(name, value, step=step)
 
     def tag(self, tags):
         """Hyperparameters and provenance, once per run, as run tags (strings)."""
+        tags = {k: str(v) for k, v in tags.items()}
         if self.run is not None:
-            self.run.set_tags({k: str(v) for k, v in tags.items()})
+            self.run.set_tags(tags)
+        elif self.mlflow is not None:
+            self.mlflow.set_tags(tags)
+
+    def close(self):
+        """End an MLflow run this process started (Azure ML ends the job's own run, MLFLOW_RUN_ID)."""
+        if self.mlflow is not None and not os.environ.get("MLFLOW_RUN_ID") and self.mlflow.active_run():
+            self.mlflow.end_run()

@@ -22,7 +22,7 @@ from torch import nn
 
 import data
 from checkpoint import CheckpointError, find_latest, load_checkpoint, save_atomic
-from metrics import Metrics, azureml_run
+from metrics import Metrics, azureml_run, mlflow_tracking
 from model import Net
 from provenance import provenance
 
@@ -272,7 +272,7 @@ def main(argv=None):
         for p in earlier:
             p.unlink()
 
-    metrics = Metrics(out_dir, azureml_run())
+    metrics = Metrics(out_dir, azureml_run(), mlflow_tracking())
     print("config: " + json.dumps({**config, "device": device, "threads": torch.get_num_threads()}))
     info = provenance()
     metrics.tag({**recipe, **info})
@@ -346,7 +346,7 @@ def main(argv=None):
         acc, per_class = evaluate(model, xt.to(device), yt, device, autocast)
         metrics.log("test/accuracy", acc, state["global_step"], epoch + 1)
         for name, value in per_class.items():
-            metrics.log(f"test/accuracy/{name}", value, state["global_step"], epoch + 1)
+            metrics.log(f"test/class_accuracy/{name}", value, state["global_step"], epoch + 1)
         print(f"epoch={epoch + 1}: test accuracy {acc:.1%}")
         state.update(epoch=epoch + 1, step_in_epoch=0, running_loss=0.0)
         checkpoint("epoch end")
@@ -369,6 +369,7 @@ def main(argv=None):
     tmp = out_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, out_dir / "summary.json")
+    metrics.close()
     print(f"outputs: {weights}, {metrics.path}, {out_dir / 'curves.png'}, {out_dir / 'summary.json'}")
     return 0
 

@@ -70,6 +70,7 @@ def test_publish_pushes_an_immutable_tag_and_the_digest_pulls_the_same_image(reg
     assert pulled_id == local_id
     r = subprocess.run(["docker", "run", "--rm", ref, "--help"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "--fake-data" in r.stdout
+    subprocess.run(["docker", "image", "rm", repo_tag, ref], capture_output=True)  # tags only: layers stay
 
 
 @pytest.fixture

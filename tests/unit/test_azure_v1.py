@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import aml
-import submit
-from provenance import source_digest
+pytest.importorskip("azureml.core", reason="SDK v1 tests run in the training image")
+
+import aml  # noqa: E402
+import submit  # noqa: E402
+from provenance import source_digest  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 DIGEST = "sha256:" + "ab12" * 16
@@ -192,3 +194,9 @@ def test_snapshot_honours_amlignore_and_refuses_oversize(tmp_path):
         (tmp_path / "src" / f"extra_{i}.txt").write_text("x")
     with pytest.raises(aml.SubmitError, match="add what is not code to .*amlignore"):
         aml.check_snapshot(tmp_path / "src")
+
+
+def test_azure_ai_ml_is_not_in_the_training_runtime():
+    # Microsoft advises against azure-ai-ml (v2) and azureml-core (v1) in one environment
+    with pytest.raises(ModuleNotFoundError):
+        import azure.ai.ml  # noqa: F401

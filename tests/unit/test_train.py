@@ -38,7 +38,12 @@ def test_fake_data_run_prints_tutorial_lines_and_writes_parseable_outputs(tmp_pa
     assert "epoch=1, batch=   10: loss " in stdout and stdout.rstrip().splitlines()[-2] == "Finished Training"
     out = tmp_path / "out"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {r["name"] for r in rows} >= {"train/loss", "test/accuracy", "test/accuracy/cat", "train/images_per_sec"}
+    assert {r["name"] for r in rows} >= {
+        "train/loss",
+        "test/accuracy",
+        "test/class_accuracy/cat",
+        "train/images_per_sec",
+    }
     assert all({"name", "value", "step", "epoch", "time"} <= r.keys() for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["fake_data"] == 200 and summary["device"] == "cpu"
@@ -159,3 +164,25 @@ def test_progress_bar_keeps_the_tutorial_lines_on_stdout(tmp_path, capsys):
     assert run_main(tmp_path, "--epochs", "1", "--fake-data", "80", "--log-interval", "10", "--progress", "on") == 0
     captured = capsys.readouterr()
     assert len(LOSS_LINE.findall(captured.out)) == 2 and "epoch 1/1" in captured.err
+
+
+def test_metrics_go_to_mlflow_where_azure_ml_sets_a_tracking_uri(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local stand-in for Azure ML's tracking server
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    assert run_main(tmp_path, "--epochs", "1", "--fake-data", "80", "--log-interval", "10") == 0
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = mlflow.tracking.MlflowClient().get_metric_history(runs[0].info.run_id, "train/loss")
+    assert [m.step for m in history] == [10, 20]
+    assert history[-1].value == pytest.approx(logged_losses(tmp_path / "out")[-1])
+    assert runs[0].data.tags["batch_size"] == "4" and len(runs[0].data.tags["packages_sha256"]) == 16
+
+
+def test_outside_azure_the_offline_run_is_not_used_and_nothing_extra_is_printed(tmp_path, capsys):
+    from metrics import azureml_run
+
+    assert azureml_run() is None  # azureml-core's real Run.get_context() is offline here
+    assert run_main(tmp_path, "--epochs", "1", "--fake-data", "40") == 0
+    assert "Attempted to log" not in capsys.readouterr().out

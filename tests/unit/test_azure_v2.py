@@ -1,0 +1,110 @@
+"""make submit SDK=v2 up to the network: the command job azure-ai-ml would send (runs in the submit-v2 image)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("azure.ai.ml", reason="SDK v2 tests run in the submit-v2 image")
+
+import aml  # noqa: E402
+import submit  # noqa: E402
+from provenance import source_digest  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+DIGEST = "sha256:" + "cd34" * 16
+REF = f"myws.azurecr.io/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
+
+
+@pytest.fixture
+def source(tmp_path, monkeypatch):
+    copy = tmp_path / "src"
+    shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    baked = tmp_path / "src.sha256"
+    baked.write_text(source_digest(copy))
+    monkeypatch.setattr(submit, "SOURCE", copy)
+    monkeypatch.setattr(submit, "IMAGE_DIGEST_FILE", baked)
+    monkeypatch.setattr(submit, "SDK", "v2")
+    for var in (*aml.WORKSPACE_VARS, *aml.SP_VARS):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return copy
+
+
+def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
+    rc = submit.main(
+        ["run", "--image", REF, "--dry-run", "--compute", "cpu-cluster", "--shm-size", "4g", "--", "--epochs", "1"]
+    )
+    assert rc == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["sdk"] == "v2" and plan["experiment_name"] == "cifar10"
+    job = plan["job"]
+    assert job["type"] == "command" and job["compute"] == "azureml:cpu-cluster"
+    assert job["environment"] == {"name": "cifar10-trainer", "version": "cd34cd34cd34cd34", "image": REF}
+    assert job["component"]["command"] == "/opt/venv/bin/python train.py --epochs 1"
+    assert job["component"]["code"] == str(source)
+    assert job["resources"] == {"shm_size": "4g"}
+    assert "distribution" not in job and "instance_count" not in job.get("resources", {})
+    assert plan["compute"]["type"] == "amlcompute" and plan["compute"]["min_instances"] == 0
+    assert plan["compute"]["tier"] == "dedicated"
+
+
+def test_v2_dataset_and_checkpoints_are_datastore_uris(source, capsys):
+    rc = submit.main(
+        [
+            "run",
+            "--image",
+            REF,
+            "--dry-run",
+            "--data-path",
+            "datasets/cifar10",
+            "--checkpoint-path",
+            "checkpoints/cifar10/run-1",
+            "--low-priority",
+            "--",
+            "--epochs",
+            "2",
+        ]
+    )
+    assert rc == 0
+    plan = json.loads(capsys.readouterr().out)
+    job = plan["job"]
+    assert job["component"]["command"] == (
+        "/opt/venv/bin/python train.py --epochs 2 --data-dir ${{inputs.cifar10}} "
+        "--checkpoint-dir ${{outputs.checkpoints}} --resume auto --overwrite"
+    )
+    assert job["inputs"]["cifar10"] == {
+        "mode": "ro_mount",
+        "type": "uri_folder",
+        "path": "azureml://datastores/workspaceblobstore/paths/datasets/cifar10",
+    }
+    assert job["outputs"]["checkpoints"]["mode"] == "rw_mount"
+    assert job["outputs"]["checkpoints"]["path"].endswith("/paths/checkpoints/cifar10/run-1")
+    assert plan["compute"]["tier"] == "low_priority"
+
+
+def test_v2_refuses_stale_source_and_moving_tags(source, capsys):
+    assert submit.main(["run", "--image", "myws.azurecr.io/cifar10-trainer:latest", "--dry-run"]) == 1
+    assert "is not pinned" in capsys.readouterr().err
+    (source / "data.py").write_text("# changed\n")
+    assert submit.main(["run", "--image", REF, "--dry-run"]) == 1
+    assert "differs from the code baked into this image" in capsys.readouterr().err
+
+
+def test_v2_missing_credentials_are_named(source, tmp_path, capsys, monkeypatch):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "s")
+    assert submit.main(["login", "--config", str(config)]) == 1
+    assert "service principal login needs AZURE_TENANT_ID, AZURE_CLIENT_ID" in capsys.readouterr().err
+    monkeypatch.delenv("AZURE_CLIENT_SECRET")
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))
+    assert submit.main(["login", "--config", str(config)]) == 1
+    assert "no Azure credentials" in capsys.readouterr().err
+
+
+def test_azure_ai_ml_is_not_in_the_training_runtime():
+    # Microsoft advises against azure-ai-ml (v2) and azureml-core (v1) in one environment
+    with pytest.raises(ModuleNotFoundError):
+        import azureml.core  # noqa: F401
