@@ -8,7 +8,6 @@ azureml-core. Builders are offline; the functions marked "network" are the thin 
 
 import os
 import shlex
-
 import sys
 from pathlib import Path
 
