@@ -10,6 +10,7 @@ HOST_VENV    ?= .venv-host
 # make submit: see README "Azure ML" for each (REGISTRY, SDK, DRY_RUN, AUTH, COMPUTE, VM_SIZE,
 # MAX_NODES, LOW_PRIORITY, EXPERIMENT, SHM_SIZE, DATASTORE, DATA_PATH, CHECKPOINT_PATH, WAIT)
 TRAIN_ARGS   ?= --epochs $(EPOCHS)
+PROCS        ?= 2
 
 # Files written into the mounted folders belong to whoever runs make.
 export LOCAL_UID := $(shell id -u)
@@ -26,7 +27,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build build-submit-v2 train dirs submit test test-unit test-e2e lint lock bench bench-image clean
+.PHONY: help build build-submit-v2 train train-ddp train-2node dirs submit test test-unit test-e2e lint lock bench bench-ddp bench-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +37,13 @@ build: ## build the training image ($(IMAGE))
 
 train: build dirs ## train in the image: make train EPOCHS=1 ARGS="--fake-data 2000"
 	$(COMPOSE) run --rm train --epochs $(EPOCHS) $(ARGS)
+
+train-ddp: build dirs ## one container, PROCS processes (torchrun): make train-ddp PROCS=2 ARGS="--fake-data 4000"
+	$(COMPOSE) run --rm train torchrun --standalone --nproc-per-node $(PROCS) /app/src/train.py --epochs $(EPOCHS) $(ARGS)
+
+train-2node: build dirs ## a 2-node job as two containers, as on Azure ML: make train-2node DDP_ARGS="..."
+	$(COMPOSE) --profile ddp up --abort-on-container-exit --exit-code-from node0 node0 node1
+	$(COMPOSE) --profile ddp rm -f node0 node1
 
 dirs:
 	@mkdir -p $(DATA_DIR) $(OUTPUTS_DIR) $(CHECKPOINTS_DIR)
@@ -69,6 +77,9 @@ lock: ## re-resolve docker/requirements.in into docker/requirements.lock (in a c
 bench: build ## training throughput: the tutorial's data pipeline vs ours, in the image
 	$(COMPOSE) run --rm -v $(CURDIR)/bench:/app/bench:ro -v $(CURDIR)/tests:/app/tests:ro \
 	  --entrypoint python train /app/bench/throughput.py $(ARGS)
+
+bench-ddp: build ## data-parallel scaling, 1 vs 2 processes (torchrun), in the image
+	$(COMPOSE) run --rm -v $(CURDIR)/bench:/app/bench:ro train python /app/bench/scaling.py $(ARGS)
 
 bench-image: ## print image size, cold build time, rebuild time after a one-line src change
 	bash bench/image.sh

@@ -73,8 +73,13 @@ def build_run_config(
     datastore="workspaceblobstore",
     data_path=None,
     checkpoint_path=None,
+    nodes=1,
+    procs_per_node=1,
 ):
     """The ScriptRunConfig of one training run.
+
+    nodes x procs_per_node > 1: PyTorchConfiguration, so Azure ML starts one process per rank with
+    MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK set (train.py reads them).
 
     data_path: a datastore folder holding CIFAR-10 (cifar-10-batches-py/ or the .tar.gz), mounted
     as --data-dir. checkpoint_path: a datastore folder mounted as --checkpoint-dir with
@@ -82,7 +87,7 @@ def build_run_config(
     (./outputs is not reliably restored then).
     """
     from azureml.core import ScriptRunConfig
-    from azureml.core.runconfig import DockerConfiguration
+    from azureml.core.runconfig import DockerConfiguration, PyTorchConfiguration
 
     args, refs = [str(a) for a in trainer_args], {}
     if data_path:
@@ -101,6 +106,11 @@ def build_run_config(
         compute_target=compute,
         environment=env,
         docker_runtime_config=DockerConfiguration(use_docker=True, shm_size=shm_size),
+        distributed_job_config=(
+            PyTorchConfiguration(process_count=nodes * procs_per_node, node_count=nodes)
+            if nodes * procs_per_node > 1
+            else None
+        ),
     )
     src.run_config.data_references = refs
     return src

@@ -37,9 +37,14 @@ def build_job(
     datastore="workspaceblobstore",
     data_path=None,
     checkpoint_path=None,
+    nodes=1,
+    procs_per_node=1,
 ):
-    """The command job: the image's interpreter runs train.py from the uploaded code."""
-    from azure.ai.ml import Input, Output, command
+    """The command job: the image's interpreter runs train.py from the uploaded code.
+
+    nodes x procs_per_node > 1: PyTorchDistribution on instance_count nodes (one process per rank).
+    """
+    from azure.ai.ml import Input, Output, PyTorchDistribution, command
 
     words = [INTERPRETER, SCRIPT, *(shlex.quote(str(a)) for a in trainer_args)]
     inputs, outputs = {}, {}
@@ -61,6 +66,10 @@ def build_job(
         outputs=outputs,
         shm_size=shm_size,
         experiment_name=experiment,
+        instance_count=nodes,
+        distribution=(
+            PyTorchDistribution(process_count_per_instance=procs_per_node) if nodes * procs_per_node > 1 else None
+        ),
     )
 
 

@@ -55,6 +55,8 @@ def parse_args(argv):
         default=None,
         help="datastore folder for checkpoints (survives preemption); the run resumes from it",
     )
+    run.add_argument("--nodes", type=int, default=1, help="nodes of a distributed (DDP) run")
+    run.add_argument("--procs-per-node", type=int, default=1, help="processes (ranks) per node")
     run.add_argument("--wait", action="store_true", help="stream the run's logs until it ends")
     run.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: flags for train.py")
     args = p.parse_args(argv)
@@ -81,8 +83,17 @@ def check_source():
 def run(args):
     check_source()
     files, size = aml.check_snapshot(SOURCE)
+    if not 1 <= args.nodes <= args.max_nodes or args.procs_per_node < 1:
+        raise aml.SubmitError(
+            f"NODES={args.nodes} needs a cluster of at least that many nodes: set MAX_NODES={args.nodes}"
+        )
     job_args = dict(
-        shm_size=args.shm_size, datastore=args.datastore, data_path=args.data_path, checkpoint_path=args.checkpoint_path
+        shm_size=args.shm_size,
+        datastore=args.datastore,
+        data_path=args.data_path,
+        checkpoint_path=args.checkpoint_path,
+        nodes=args.nodes,
+        procs_per_node=args.procs_per_node,
     )
     if SDK == "v2":
         import aml_v2

@@ -28,7 +28,8 @@ fi
 ref=$(bash azure/publish.sh "$IMAGE" "$registry")
 
 opts=(--image "$ref" --experiment "${EXPERIMENT:-cifar10}" --compute "${COMPUTE:-cpu-cluster}"
-      --vm-size "${VM_SIZE:-STANDARD_D2_V2}" --max-nodes "${MAX_NODES:-1}" --shm-size "${SHM_SIZE:-2g}"
+      --vm-size "${VM_SIZE:-STANDARD_D2_V2}" --max-nodes "${MAX_NODES:-${NODES:-1}}" --shm-size "${SHM_SIZE:-2g}"
+      --nodes "${NODES:-1}" --procs-per-node "${PROCS_PER_NODE:-1}"
       --datastore "${DATASTORE:-workspaceblobstore}")
 [ -n "${DRY_RUN:-}" ] && opts+=(--dry-run)
 [ -n "${LOW_PRIORITY:-}" ] && opts+=(--low-priority)

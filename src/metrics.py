@@ -38,7 +38,8 @@ def mlflow_tracking():
 
 class Metrics:
     def __init__(self, out_dir, run=None, mlflow=None):
-        self.path = Path(out_dir) / "metrics.jsonl"
+        """out_dir None: record nothing (ranks other than 0 of a distributed run)."""
+        self.path = Path(out_dir) / "metrics.jsonl" if out_dir is not None else None
         self.run = run
         self.mlflow = None if run is not None else mlflow  # one tracker: no metric twice in Studio
         self.start = time.time()
@@ -47,6 +48,8 @@ class Metrics:
     def log(self, name, value, step, epoch):
         value = float(value)
         self.last[name] = value
+        if self.path is None:
+            return
         record = {
             "name": name,
             "value": value,
@@ -64,6 +67,8 @@ class Metrics:
     def tag(self, tags):
         """Hyperparameters and provenance, once per run, as run tags (strings)."""
         tags = {k: str(v) for k, v in tags.items()}
+        if self.path is None:
+            return
         if self.run is not None:
             self.run.set_tags(tags)
         elif self.mlflow is not None:

@@ -11,14 +11,19 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import time
 from contextlib import nullcontext
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import data
 from checkpoint import CheckpointError, find_latest, load_checkpoint, save_atomic
@@ -106,6 +111,12 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--progress", choices=("auto", "on", "off"), default="auto", help="live progress bar (auto = on a TTY)"
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=positive_int,
+        default=120,
+        help="seconds a rank waits for the others before giving up (torchrun / Azure ML multi-process runs)",
     )
     return p.parse_args(argv)
 
@@ -199,6 +210,45 @@ def plot(metrics_path, png_path):
     os.replace(tmp, png_path)
 
 
+class Distributed:
+    """torch.distributed as torchrun and Azure ML's PyTorchConfiguration set it up, from the environment.
+
+    WORLD_SIZE/RANK/LOCAL_RANK (and MASTER_ADDR/MASTER_PORT for the rendezvous) are read with
+    defaults, so a plain `python train.py` is a world of one and touches none of this.
+    """
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.on = self.world > 1
+        self.main = self.rank == 0  # every side effect (prints, metrics, files) is rank 0's
+
+    def init(self, device, timeout_s):
+        if self.on:
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+
+    def mean(self, value):
+        """The mean over ranks of a float (every rank must call it at the same step)."""
+        if not self.on:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.item() / self.world
+
+    def any(self, flag):
+        if not self.on:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def close(self):
+        if self.on and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 class StopFlag:
     """SIGTERM (docker stop, preemption) and SIGINT end the step in flight, then save and exit."""
 
@@ -215,7 +265,31 @@ class StopFlag:
 
 def main(argv=None):
     args = parse_args(argv)
+    ddp = Distributed()
+    try:
+        return run(args, ddp)
+    except RuntimeError as e:  # gloo and nccl report a lost peer as RuntimeError (DistBackendError)
+        if not ddp.on:
+            raise
+        # gloo prefixes its source location: keep the first sentence after it
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0]).split(". ")[0]
+        return fail(
+            f"rank {ddp.rank} of {ddp.world} lost the other ranks ({reason}): one of them failed "
+            f"or was stopped; see its log, then rerun all ranks (with --resume auto)"
+        )
+    finally:
+        ddp.close()
+
+
+def scaled_cross_entropy(outputs, labels, scale):
+    """Sum over the rank's share times world/global batch: DDP's gradient mean is then the
+    gradient of the global batch's mean loss, as in one process, whatever the share sizes."""
+    return nn.functional.cross_entropy(outputs, labels, reduction="sum") * scale
+
+
+def run(args, ddp):
     config = vars(args).copy()
+    say = print if ddp.main else (lambda *a, **k: None)
     out_dir, ckpt_dir = Path(args.output_dir), Path(args.checkpoint_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,8 +304,22 @@ def main(argv=None):
     else:
         device = args.device
     on_cuda = device == "cuda"
+    if ddp.on:
+        if args.pipeline == "tutorial":
+            return fail("--pipeline tutorial runs in one process: use the default fast pipeline with torchrun")
+        if args.batch_size < ddp.world:
+            return fail(
+                f"--batch-size {args.batch_size} is the global batch: give at least one image per rank "
+                f"({ddp.world} ranks)"
+            )
+        if on_cuda:
+            device = f"cuda:{ddp.local_rank}"
+            torch.cuda.set_device(device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif ddp.on and "OMP_NUM_THREADS" not in os.environ:  # ranks on one machine share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    ddp.init(device, args.dist_timeout)
     # On CUDA: bf16 autocast and channels_last; the CPU path stays the tutorial's float32 math.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
     memory_format = torch.channels_last if on_cuda else torch.contiguous_format
@@ -243,7 +331,7 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     model = Net().to(device, memory_format=memory_format)
-    criterion = nn.CrossEntropyLoss()
+    criterion = nn.CrossEntropyLoss()  # with DDP: scaled_cross_entropy, per step
     optimizer = make_optimizer(model, args.lr, args.momentum)
     recipe = {"model": type(model).__name__, **{k: config[k] for k in RECIPE}}
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "running_loss": 0.0, "train_seconds": 0.0}
@@ -260,8 +348,8 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"])
         state = ckpt["state"]
-        print(f"resumed from {resume_path} at epoch {state['epoch'] + 1}, step {state['global_step']}")
-    else:
+        say(f"resumed from {resume_path} at epoch {state['epoch'] + 1}, step {state['global_step']}")
+    elif ddp.main:
         # A fresh start never appends to, or replaces, an earlier run's results unasked.
         earlier = [p for p in (out_dir / "summary.json", out_dir / "metrics.jsonl") if p.exists()]
         if earlier and not args.overwrite:
@@ -272,12 +360,14 @@ def main(argv=None):
         for p in earlier:
             p.unlink()
 
-    metrics = Metrics(out_dir, azureml_run(), mlflow_tracking())
-    print("config: " + json.dumps({**config, "device": device, "threads": torch.get_num_threads()}))
+    metrics = Metrics(out_dir if ddp.main else None, azureml_run(), mlflow_tracking())
+    say("config: " + json.dumps({**config, "device": device, "threads": torch.get_num_threads(), "world": ddp.world}))
     info = provenance()
     metrics.tag({**recipe, **info})
 
     def checkpoint(reason):
+        if not ddp.main:
+            return
         path = ckpt_dir / f"step-{state['global_step']:08d}.pt"
         save_atomic(
             {
@@ -292,20 +382,21 @@ def main(argv=None):
         )
         for old in sorted(ckpt_dir.glob("step-*.pt"))[:-2]:  # keep two: a crash mid-write leaves one good
             old.unlink()
-        print(f"checkpoint ({reason}): {path}")
+        say(f"checkpoint ({reason}): {path}")
 
     stop = StopFlag()
     stop.install()
     x_dev, y_dev = (x.to(device), y.to(device)) if args.pipeline == "fast" else (x, y)
     steps_per_epoch = -(-len(x) // args.batch_size)
-    progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+    progress = ddp.main and (args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty()))
+    net = DistributedDataParallel(model) if ddp.on else model  # DDP: rank 0's weights to all, grads averaged
     from tqdm import tqdm
 
     while state["epoch"] < args.epochs:
         epoch, skip = state["epoch"], state["step_in_epoch"]
         order = epoch_order(len(x), args.seed, epoch)[skip * args.batch_size :]
         if args.pipeline == "fast":
-            batches = data.fast_batches(x_dev, y_dev, args.batch_size, order.to(device))
+            batches = data.fast_batches(x_dev, y_dev, args.batch_size, order.to(device), ddp.rank, ddp.world)
         else:
             batches = data.tutorial_loader(tutorial_sets[0], args.batch_size, order, args.workers)
         bar = tqdm(
@@ -316,26 +407,31 @@ def main(argv=None):
             leave=False,
             file=sys.stderr,
         )
-        say = tqdm.write if progress else print
+        line = tqdm.write if progress else say
         t0 = time.perf_counter()
-        for inputs, labels in batches:
+        for k, (inputs, labels) in enumerate(batches):
             inputs = inputs.to(device, memory_format=memory_format, non_blocking=True)
-            loss = train_step(model, optimizer, criterion, inputs, labels.to(device, non_blocking=True), autocast)
+            if ddp.on:
+                global_batch = min(args.batch_size, len(order) - k * args.batch_size)
+                criterion = partial(scaled_cross_entropy, scale=ddp.world / global_batch)
+            loss = train_step(net, optimizer, criterion, inputs, labels.to(device, non_blocking=True), autocast)
             state["running_loss"] += loss.item()  # a CPU-GPU sync point, as in the tutorial
             state["step_in_epoch"] += 1
             state["global_step"] += 1
             bar.update()
             i = state["step_in_epoch"]
             if i % args.log_interval == 0:
-                avg = state["running_loss"] / args.log_interval
-                say(f"epoch={epoch + 1}, batch={i:5d}: loss {avg:.2f}")
+                avg = ddp.mean(state["running_loss"]) / args.log_interval
+                line(f"epoch={epoch + 1}, batch={i:5d}: loss {avg:.2f}")
                 metrics.log("train/loss", avg, state["global_step"], epoch + 1)
                 state["running_loss"] = 0.0
-            if stop.signum is not None:
+            # Ranks agree on when to stop (every 10 steps), so that none waits for a rank that left.
+            if (not ddp.on or i % 10 == 0) and ddp.any(stop.signum is not None):
+                name = signal.Signals(stop.signum or signal.SIGTERM).name
                 state["train_seconds"] += time.perf_counter() - t0
                 bar.close()
-                checkpoint(signal.Signals(stop.signum).name)
-                print(f"stopped by {signal.Signals(stop.signum).name}; rerun with --resume auto to continue")
+                checkpoint(name)
+                say(f"stopped by {name}; rerun with --resume auto to continue")
                 return EXIT_PREEMPTED
             if args.checkpoint_every and state["global_step"] % args.checkpoint_every == 0 and i < steps_per_epoch:
                 checkpoint("interval")
@@ -343,15 +439,18 @@ def main(argv=None):
         seconds = time.perf_counter() - t0
         state["train_seconds"] += seconds
         metrics.log("train/images_per_sec", len(order) / seconds, state["global_step"], epoch + 1)
-        acc, per_class = evaluate(model, xt.to(device), yt, device, autocast)
-        metrics.log("test/accuracy", acc, state["global_step"], epoch + 1)
-        for name, value in per_class.items():
-            metrics.log(f"test/class_accuracy/{name}", value, state["global_step"], epoch + 1)
-        print(f"epoch={epoch + 1}: test accuracy {acc:.1%}")
+        if ddp.main:  # the others go on; the next step's gradient exchange waits for rank 0
+            acc, per_class = evaluate(model, xt.to(device), yt, device, autocast)
+            metrics.log("test/accuracy", acc, state["global_step"], epoch + 1)
+            for name, value in per_class.items():
+                metrics.log(f"test/class_accuracy/{name}", value, state["global_step"], epoch + 1)
+            say(f"epoch={epoch + 1}: test accuracy {acc:.1%}")
         state.update(epoch=epoch + 1, step_in_epoch=0, running_loss=0.0)
         checkpoint("epoch end")
 
-    print("Finished Training")
+    say("Finished Training")
+    if not ddp.main:
+        return 0
     weights = out_dir / "model.pt"
     save_atomic(model.state_dict(), weights)
     plot(metrics.path, out_dir / "curves.png")
@@ -359,6 +458,7 @@ def main(argv=None):
         "config": config,
         "device": device,
         "threads": torch.get_num_threads(),
+        "world_size": ddp.world,
         "final": metrics.last,
         "train_seconds": round(state["train_seconds"], 3),
         "images_per_sec": round(args.epochs * len(x) / state["train_seconds"], 1),

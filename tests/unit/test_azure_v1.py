@@ -200,3 +200,12 @@ def test_azure_ai_ml_is_not_in_the_training_runtime():
     # Microsoft advises against azure-ai-ml (v2) and azureml-core (v1) in one environment
     with pytest.raises(ModuleNotFoundError):
         import azure.ai.ml  # noqa: F401
+
+
+def test_two_nodes_use_pytorch_configuration(source, capsys):
+    plan = dry_run(capsys, "--nodes", "2", "--procs-per-node", "2", "--max-nodes", "2")
+    rc = plan["runConfiguration"]
+    assert rc["framework"] == "PyTorch" and rc["nodeCount"] == 2
+    assert rc["pytorch"] == {"communicationBackend": "nccl", "processCount": 4, "nodeCount": 2}
+    assert submit.main(["run", "--image", REF, "--dry-run", "--nodes", "2"]) == 1
+    assert "set MAX_NODES=2" in capsys.readouterr().err

@@ -44,8 +44,8 @@ def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
     assert job["environment"] == {"name": "cifar10-trainer", "version": "cd34cd34cd34cd34", "image": REF}
     assert job["component"]["command"] == "/opt/venv/bin/python train.py --epochs 1"
     assert job["component"]["code"] == str(source)
-    assert job["resources"] == {"shm_size": "4g"}
-    assert "distribution" not in job and "instance_count" not in job.get("resources", {})
+    assert job["resources"] == {"shm_size": "4g", "instance_count": 1}
+    assert "distribution" not in job
     assert plan["compute"]["type"] == "amlcompute" and plan["compute"]["min_instances"] == 0
     assert plan["compute"]["tier"] == "dedicated"
 
@@ -108,3 +108,10 @@ def test_azure_ai_ml_is_not_in_the_training_runtime():
     # Microsoft advises against azure-ai-ml (v2) and azureml-core (v1) in one environment
     with pytest.raises(ModuleNotFoundError):
         import azureml.core  # noqa: F401
+
+
+def test_v2_two_nodes_use_pytorch_distribution(source, capsys):
+    assert submit.main(["run", "--image", REF, "--dry-run", "--nodes", "2", "--max-nodes", "2"]) == 0
+    job = json.loads(capsys.readouterr().out)["job"]
+    assert job["distribution"] == {"type": "pytorch", "process_count_per_instance": 1}
+    assert job["resources"]["instance_count"] == 2
