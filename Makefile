@@ -55,7 +55,7 @@ submit: build $(if $(filter v2,$(SDK)),build-submit-v2) ## push the image by dig
 build-submit-v2: ## the image that submits with SDK v2 (azure-ai-ml), kept apart from the runtime
 	$(COMPOSE) --profile azure build submit-v2
 
-test: build build-submit-v2 test-unit test-e2e ## build, unit tests in the images, end-to-end tests through compose
+test: lint build build-submit-v2 test-unit test-e2e ## lint, build, unit tests in the images, end-to-end tests
 
 test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the submit-v2 image)
 	$(COMPOSE) run --rm test
