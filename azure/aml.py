@@ -192,31 +192,41 @@ def workspace_settings(config_path):
         ) from None
 
 
-def authentication(mode):
-    """Service principal (CI), managed identity, or interactive device-code login (a person)."""
-    from azureml.core.authentication import (
-        InteractiveLoginAuthentication,
-        MsiAuthentication,
-        ServicePrincipalAuthentication,
-    )
+def login_mode(mode, cache):
+    """'sp', 'msi' or 'interactive', once what that login needs is known to be there (offline).
 
+    cache: the file an earlier interactive login left in ~/.azure (mounted from the host);
+    without it, an interactive login needs a terminal to show its device code.
+    """
     if mode == "auto":
         mode = "sp" if any(os.environ.get(v) for v in SP_VARS[1:]) else "interactive"
     if mode == "sp":
         missing = [v for v in SP_VARS if not os.environ.get(v)]
         if missing:
             raise SubmitError(f"service principal login needs {', '.join(missing)} in the environment")
-        return ServicePrincipalAuthentication(*(os.environ[v] for v in SP_VARS))
-    if mode == "msi":
-        return MsiAuthentication()
-    cached = (Path.home() / ".azure" / "azureProfile.json").is_file()
-    if not cached and not sys.stdin.isatty():
+    if mode == "interactive" and not Path(cache).is_file() and not sys.stdin.isatty():
         raise SubmitError(
             "no Azure credentials: interactive login needs a terminal; for CI set "
             f"{', '.join(SP_VARS)} (service principal) or use AUTH=msi on an Azure VM"
         )
+    return mode
+
+
+def authentication(mode):
+    """azureml-core's login: service principal (CI), managed identity, or device code (a person)."""
+    from azureml.core.authentication import (
+        InteractiveLoginAuthentication,
+        MsiAuthentication,
+        ServicePrincipalAuthentication,
+    )
+
+    mode = login_mode(mode, Path.home() / ".azure" / "azureProfile.json")
+    if mode == "sp":
+        return ServicePrincipalAuthentication(*(os.environ[v] for v in SP_VARS))
+    if mode == "msi":
+        return MsiAuthentication()
     # Without a browser (in a container) azureml-core falls back to a device code; the token
-    # is cached in ~/.azure (mounted from the host), so later steps do not ask again.
+    # is cached in ~/.azure, so later steps do not ask again.
     return InteractiveLoginAuthentication(tenant_id=os.environ.get("AZURE_TENANT_ID"))
 
 

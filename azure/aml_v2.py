@@ -8,10 +8,9 @@ azureml-core. Builders are offline; the functions marked "network" are the thin 
 
 import os
 import shlex
-import sys
 from pathlib import Path
 
-from aml import ENV_NAME, INTERPRETER, SCRIPT, SP_VARS, SubmitError, environment_version, parse_image_ref
+from aml import ENV_NAME, INTERPRETER, SCRIPT, SP_VARS, environment_version, login_mode, parse_image_ref
 
 ARM_SCOPE = "https://management.azure.com/.default"
 
@@ -92,7 +91,7 @@ def compute_config(name, vm_size, max_nodes, low_priority):
 
 
 def credential(mode):
-    """Service principal (CI), managed identity, or device-code login (a person, in a container)."""
+    """azure-identity's login: service principal (CI), managed identity, or device code (a person)."""
     from azure.identity import (
         AuthenticationRecord,
         ClientSecretCredential,
@@ -101,22 +100,12 @@ def credential(mode):
         TokenCachePersistenceOptions,
     )
 
-    if mode == "auto":
-        mode = "sp" if any(os.environ.get(v) for v in SP_VARS[1:]) else "interactive"
+    record = Path.home() / ".azure" / "azure-ai-ml-account.json"  # ~/.azure is mounted from the host
+    mode = login_mode(mode, record)
     if mode == "sp":
-        missing = [v for v in SP_VARS if not os.environ.get(v)]
-        if missing:
-            raise SubmitError(f"service principal login needs {', '.join(missing)} in the environment")
         return ClientSecretCredential(*(os.environ[v] for v in SP_VARS))
     if mode == "msi":
         return ManagedIdentityCredential()
-    # The token cache and the account record live in ~/.azure, mounted from the host.
-    record = Path.home() / ".azure" / "azure-ai-ml-account.json"
-    if not record.is_file() and not sys.stdin.isatty():
-        raise SubmitError(
-            "no Azure credentials: interactive login needs a terminal; for CI set "
-            f"{', '.join(SP_VARS)} (service principal) or use AUTH=msi on an Azure VM"
-        )
     cred = DeviceCodeCredential(
         tenant_id=os.environ.get("AZURE_TENANT_ID"),
         authentication_record=AuthenticationRecord.deserialize(record.read_text()) if record.is_file() else None,

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
+SRC = TESTS.parent / "src"
 sys.path.insert(0, str(TESTS))  # cifar_fixture, shared with the end-to-end tests
 
 
@@ -20,3 +21,25 @@ def cifar_dir(tmp_path, monkeypatch):
         monkeypatch.setattr(datasets.CIFAR10, attr, getattr(datasets.CIFAR10, attr))
     expect_checksums(datasets.CIFAR10, sums)
     return root
+
+
+@pytest.fixture
+def submit_source(tmp_path, monkeypatch):
+    """A copy of src/ as submit.py sees it, with the digest an image built from it would carry,
+    and no Azure configuration or login from the machine running the tests."""
+    import shutil
+
+    import aml
+    import submit
+    from provenance import source_digest
+
+    copy = tmp_path / "src"
+    shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    baked = tmp_path / "src.sha256"
+    baked.write_text(source_digest(copy) + "\n")
+    monkeypatch.setattr(submit, "SOURCE", copy)
+    monkeypatch.setattr(submit, "IMAGE_DIGEST_FILE", baked)
+    for var in (*aml.WORKSPACE_VARS, *aml.SP_VARS):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return copy

@@ -18,18 +18,9 @@ REF = f"myws.azurecr.io/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
 
 
 @pytest.fixture
-def source(tmp_path, monkeypatch):
-    """A copy of src/ and the digest an image built from it would carry."""
-    copy = tmp_path / "src"
-    shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    baked = tmp_path / "src.sha256"
-    baked.write_text(source_digest(copy) + "\n")
-    monkeypatch.setattr(submit, "SOURCE", copy)
-    monkeypatch.setattr(submit, "IMAGE_DIGEST_FILE", baked)
-    for var in (*aml.WORKSPACE_VARS, *aml.SP_VARS):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no cached Azure login
-    return copy
+def source(submit_source, monkeypatch):
+    monkeypatch.setattr(submit, "SDK", "v1")
+    return submit_source
 
 
 def dry_run(capsys, *extra):

@@ -1,35 +1,21 @@
 """make submit SDK=v2 up to the network: the command job azure-ai-ml would send (runs in the submit-v2 image)."""
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("azure.ai.ml", reason="SDK v2 tests run in the submit-v2 image")
 
-import aml  # noqa: E402
 import submit  # noqa: E402
-from provenance import source_digest  # noqa: E402
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 DIGEST = "sha256:" + "cd34" * 16
 REF = f"myws.azurecr.io/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
 
 
 @pytest.fixture
-def source(tmp_path, monkeypatch):
-    copy = tmp_path / "src"
-    shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    baked = tmp_path / "src.sha256"
-    baked.write_text(source_digest(copy))
-    monkeypatch.setattr(submit, "SOURCE", copy)
-    monkeypatch.setattr(submit, "IMAGE_DIGEST_FILE", baked)
+def source(submit_source, monkeypatch):
     monkeypatch.setattr(submit, "SDK", "v2")
-    for var in (*aml.WORKSPACE_VARS, *aml.SP_VARS):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    return copy
+    return submit_source
 
 
 def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
