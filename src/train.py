@@ -56,7 +56,12 @@ def parse_args(argv=None):
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--epochs", type=positive_int, default=2, help="passes over the training set")
-    p.add_argument("--batch-size", type=positive_int, default=4, help="images per SGD step")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=4,
+        help="images per SGD step (with several processes: in all, shared among them)",
+    )
     p.add_argument("--lr", type=positive_float, default=0.001, help="SGD learning rate")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--seed", type=int, default=0, help="seeds weights and shuffling (CPU runs repeat exactly)")
@@ -223,8 +228,10 @@ class Distributed:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.on = self.world > 1
         self.main = self.rank == 0  # every side effect (prints, metrics, files) is rank 0's
+        self.device = "cpu"
 
     def init(self, device, timeout_s):
+        self.device = device  # nccl reduces CUDA tensors only
         if self.on:
             backend = "nccl" if device.startswith("cuda") else "gloo"
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
@@ -233,14 +240,14 @@ class Distributed:
         """The mean over ranks of a float (every rank must call it at the same step)."""
         if not self.on:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.item() / self.world
 
     def any(self, flag):
         if not self.on:
             return flag
-        t = torch.tensor([int(flag)])
+        t = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
