@@ -50,7 +50,8 @@ def build_environment(image_ref):
     env.python.user_managed_dependencies = True
     env.python.conda_dependencies = None
     env.python.interpreter_path = INTERPRETER
-    env.environment_variables = {}  # Environment() starts with an EXAMPLE_ENV_VAR
+    # Replaces Environment()'s EXAMPLE_ENV_VAR; the trainer records the reference in summary.json.
+    env.environment_variables = {"IMAGE_REF": image_ref}
     env.version = environment_version(ref["digest"])
     return env
 

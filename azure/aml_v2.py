@@ -65,6 +65,7 @@ def build_job(
         outputs=outputs,
         shm_size=shm_size,
         experiment_name=experiment,
+        environment_variables={"IMAGE_REF": env.image},  # recorded by the trainer in summary.json
         instance_count=nodes,
         distribution=(
             PyTorchDistribution(process_count_per_instance=procs_per_node) if nodes * procs_per_node > 1 else None

@@ -35,6 +35,7 @@ def provenance():
     import torch
 
     return {
+        "image_ref": os.environ.get("IMAGE_REF", "none"),
         "image_revision": os.environ.get("IMAGE_REVISION", "none"),
         "image_version": os.environ.get("IMAGE_VERSION", "none"),
         "source_sha256": source_digest(Path(__file__).parent),

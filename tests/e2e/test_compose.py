@@ -57,6 +57,7 @@ def test_compose_run_train_passes_flags_and_leaves_outputs_owned_by_the_user(dir
     summary = json.loads((dirs["outputs"] / "summary.json").read_text())
     assert summary["config"]["epochs"] == 1 and summary["config"]["fake_data"] == 400
     assert summary["image_revision"] not in ("", "none")  # baked in at build time
+    assert summary["image_ref"] == IMAGE
     for name in ("model.pt", "metrics.jsonl", "summary.json", "curves.png"):
         assert (dirs["outputs"] / name).stat().st_uid == UID
     assert sorted(p.name for p in dirs["checkpoints"].iterdir())  # at least the epoch-end checkpoint

@@ -38,7 +38,7 @@ def test_dry_run_prints_the_environment_and_run_configuration_field_by_field(sou
     assert env["docker"]["baseImage"] == REF
     assert env["python"]["userManagedDependencies"] is True
     assert env["python"]["interpreterPath"] == "/opt/venv/bin/python"
-    assert "condaDependencies" not in env["python"] and env["environmentVariables"] == {}
+    assert "condaDependencies" not in env["python"] and env["environmentVariables"] == {"IMAGE_REF": REF}
     rc = plan["runConfiguration"]
     assert rc["script"] == "train.py"
     assert rc["arguments"] == ["--epochs", "1", "--batch-size", "8"]

@@ -29,6 +29,7 @@ def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
     assert job["type"] == "command" and job["compute"] == "azureml:cpu-cluster"
     assert job["environment"] == {"name": "cifar10-trainer", "version": "cd34cd34cd34cd34", "image": REF}
     assert job["component"]["command"] == "/opt/venv/bin/python train.py --epochs 1"
+    assert job["environment_variables"] == {"IMAGE_REF": REF}
     assert job["component"]["code"] == str(source)
     assert job["resources"] == {"shm_size": "4g", "instance_count": 1}
     assert "distribution" not in job
