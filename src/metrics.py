@@ -66,9 +66,9 @@ class Metrics:
 
     def tag(self, tags):
         """Hyperparameters and provenance, once per run, as run tags (strings)."""
-        tags = {k: str(v) for k, v in tags.items()}
         if self.path is None:
             return
+        tags = {k: str(v) for k, v in tags.items()}
         if self.run is not None:
             self.run.set_tags(tags)
         elif self.mlflow is not None:

@@ -367,9 +367,10 @@ def run(args, ddp):
         for p in earlier:
             p.unlink()
 
-    metrics = Metrics(out_dir if ddp.main else None, azureml_run(), mlflow_tracking())
+    # Only rank 0 records: the other ranks neither look for a tracker nor fingerprint the packages.
+    metrics = Metrics(out_dir, azureml_run(), mlflow_tracking()) if ddp.main else Metrics(None)
     say("config: " + json.dumps({**config, "device": device, "threads": torch.get_num_threads(), "world": ddp.world}))
-    info = provenance()
+    info = provenance() if ddp.main else {}
     metrics.tag({**recipe, **info})
 
     def checkpoint(reason):
