@@ -10,34 +10,10 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
+from e2e_env import IMAGE, UID, compose_env
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = os.environ.get("IMAGE", "cifar10-trainer:local")
-UID = 4242  # an arbitrary UID, as OpenShift and some CI runners assign
 LOSS_LINE = re.compile(r"^epoch=\d+, batch= *\d+: loss \d+\.\d\d$", re.M)
-
-
-@pytest.fixture
-def dirs(tmp_path):
-    made = {}
-    for name in ("data", "outputs", "checkpoints"):
-        made[name] = tmp_path / name
-        made[name].mkdir()
-        os.chmod(made[name], 0o777)  # writable by the container's UID, whoever runs the tests
-    return made
-
-
-def compose_env(dirs, uid=UID):
-    return {
-        **os.environ,
-        "IMAGE": IMAGE,
-        "LOCAL_UID": str(uid),
-        "LOCAL_GID": str(uid),
-        "DATA_DIR": str(dirs["data"]),
-        "OUTPUTS_DIR": str(dirs["outputs"]),
-        "CHECKPOINTS_DIR": str(dirs["checkpoints"]),
-    }
 
 
 def compose(dirs, *args, uid=UID, timeout=600, check=True):

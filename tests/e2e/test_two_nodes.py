@@ -8,26 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from e2e_env import compose_env
+
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = os.environ.get("IMAGE", "cifar10-trainer:local")
 NODES = ("node0", "node1")
 ARGS = "--epochs 1 --fake-data 8000 --batch-size 8 --log-interval 100 --checkpoint-every 200 --resume auto"
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    for name in ("data", "outputs", "checkpoints"):
-        (tmp_path / name).mkdir()
-        os.chmod(tmp_path / name, 0o777)
-    env = {
-        **os.environ,
-        "IMAGE": IMAGE,
-        "LOCAL_UID": "4242",
-        "LOCAL_GID": "4242",
-        "DATA_DIR": str(tmp_path / "data"),
-        "OUTPUTS_DIR": str(tmp_path / "outputs"),
-        "CHECKPOINTS_DIR": str(tmp_path / "checkpoints"),
-    }
+def cluster(dirs, tmp_path):
+    env = compose_env(dirs)
     project = f"cifar10-two-nodes-{os.getpid()}"
 
     def compose(*args, args_for_train=ARGS, check=True, timeout=600):
