@@ -1,24 +1,39 @@
-"""Azure ML SDK v1 (azureml-core) at the edge of the project.
+"""What `make submit` sends to Azure ML, without any Azure SDK: the image reference and the
+Environment's name and version, the workspace and login settings, the registry's login, and the
+job's intent as plain data. The adapters aml_v1.py (azureml-core) and aml_v2.py (azure-ai-ml)
+turn an Intent into their SDK's objects; submit.py picks one of them, once.
 
-The builders (build_environment, build_run_config, describe) make exactly the objects that
-would be sent, offline. The few functions that talk to Azure (connect_workspace,
-get_or_create_compute, registry_login_server, acr_refresh_token, submit) are thin and
-marked "network". azureml is imported inside functions: importing this module costs nothing.
+Functions marked "network" are the thin edge; everything else runs offline.
 """
 
+import base64
 import json
 import os
 import re
 import sys
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_NAME = "cifar10-trainer"  # "AzureML*" and "Microsoft*" are reserved for curated environments
 INTERPRETER = "/opt/venv/bin/python"  # the image's venv; no conda, no pip layer on top
 SCRIPT = "train.py"
+EXPERIMENT = "day1-experiment-train"  # the Azure tutorial's (part 3) experiment and cluster
+COMPUTE = "cpu-cluster"
 IMAGE_REF = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9._:/-]*):(?P<tag>\w[\w.-]{0,127})@(?P<digest>sha256:[0-9a-f]{64})$")
 WORKSPACE_VARS = ("AZUREML_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME")
 SP_VARS = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET")
 SNAPSHOT_MAX_FILES, SNAPSHOT_MAX_BYTES = 2000, 300 * 1024 * 1024  # Azure ML's snapshot limits
+
+ARM = "https://management.azure.com"
+ARM_SCOPE = f"{ARM}/.default"
+# Azure/acr docs/AAD-OAuth.md: registries may refuse ARM-audience tokens (Azure Policy
+# "Container registries should have ARM audience token authentication disabled"); a token for
+# the registry audience is accepted whether or not that policy is on.
+REGISTRY_SCOPE = "https://containerregistry.azure.net/.default"
+# Registries - Get (Microsoft.ContainerRegistry), a GA api-version
+REGISTRY_API_VERSION = "2023-07-01"
 
 
 class SubmitError(Exception):
@@ -36,115 +51,68 @@ def parse_image_ref(ref):
     return m.groupdict()
 
 
-def environment_version(digest):
+def environment_version(image_ref):
     """Version of the registered Environment: the image digest's first 16 hex digits."""
-    return digest.split(":", 1)[1][:16]
+    return parse_image_ref(image_ref)["digest"].split(":", 1)[1][:16]
 
 
-def build_environment(image_ref):
-    """The custom-image Environment: the image runs as is, with its own interpreter."""
-    from azureml.core import Environment
+@dataclass(frozen=True)
+class Mount:
+    """A datastore folder given to the trainer as `flag PATH` (followed by `then`)."""
 
-    ref = parse_image_ref(image_ref)
-    env = Environment.from_docker_image(ENV_NAME, image_ref)
-    env.python.user_managed_dependencies = True
-    env.python.conda_dependencies = None
-    env.python.interpreter_path = INTERPRETER
-    # Replaces Environment()'s EXAMPLE_ENV_VAR; the trainer records the reference in summary.json.
-    env.environment_variables = {"IMAGE_REF": image_ref}
-    env.version = environment_version(ref["digest"])
-    return env
+    name: str
+    datastore: str
+    path: str
+    writable: bool
+    flag: str
+    then: tuple = ()
 
 
-def datastore_mount(datastore_name, path, reference_name):
-    """A read-write mount of a datastore folder, as a DataReference (serializable offline)."""
-    from azureml.data.azure_storage_datastore import AzureBlobDatastore
+@dataclass(frozen=True)
+class Intent:
+    """One training run, as both SDKs must send it."""
 
-    # A DataReference carries only the datastore's name; the service resolves the rest.
-    datastore = AzureBlobDatastore(None, datastore_name, None, None)
-    return datastore.path(path, data_reference_name=reference_name).as_mount()
+    image: str
+    source_dir: str
+    trainer_args: tuple = ()
+    experiment: str = EXPERIMENT
+    compute: str = COMPUTE
+    vm_size: str = "STANDARD_D2_V2"
+    max_nodes: int = 1
+    low_priority: bool = False
+    shm_size: str = "2g"
+    nodes: int = 1
+    procs_per_node: int = 1
+    mounts: tuple = field(default=())
+
+    @property
+    def environment_variables(self):
+        return {"IMAGE_REF": self.image}  # the trainer records it in summary.json
+
+    @property
+    def processes(self):
+        return self.nodes * self.procs_per_node
 
 
-def build_run_config(
-    env,
-    source_dir,
-    compute,
-    trainer_args,
-    shm_size="2g",
-    datastore="workspaceblobstore",
-    data_path=None,
-    checkpoint_path=None,
-    nodes=1,
-    procs_per_node=1,
-):
-    """The ScriptRunConfig of one training run.
-
-    nodes x procs_per_node > 1: PyTorchConfiguration, so Azure ML starts one process per rank with
-    MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK set (train.py reads them).
-
-    data_path: a datastore folder holding CIFAR-10 (cifar-10-batches-py/ or the .tar.gz), mounted
-    as --data-dir. checkpoint_path: a datastore folder mounted as --checkpoint-dir with
-    --resume auto, so a run restarted after preemption continues where it stopped
-    (./outputs is not reliably restored then).
-    """
-    from azureml.core import ScriptRunConfig
-    from azureml.core.runconfig import DockerConfiguration, PyTorchConfiguration
-
-    args, refs = [str(a) for a in trainer_args], {}
+def intent(image, source_dir, trainer_args, datastore="workspaceblobstore", data_path=None, checkpoint_path=None, **kw):
+    """The Intent of `submit.py run`: data read-only at --data-dir, checkpoints writable at
+    --checkpoint-dir with --resume auto, so a run restarted after preemption continues there
+    (./outputs is not reliably restored then; --overwrite: a restart may find a partial one)."""
+    parse_image_ref(image)
+    mounts = []
     if data_path:
-        mount = datastore_mount(datastore, data_path, "cifar10")
-        args += ["--data-dir", str(mount)]
-        refs["cifar10"] = mount.to_config()
+        mounts.append(Mount("cifar10", datastore, data_path.strip("/"), False, "--data-dir"))
     if checkpoint_path:
-        mount = datastore_mount(datastore, checkpoint_path, "checkpoints")
-        # --overwrite: a restart before the first checkpoint may find a partial ./outputs
-        args += ["--checkpoint-dir", str(mount), "--resume", "auto", "--overwrite"]
-        refs["checkpoints"] = mount.to_config()
-    src = ScriptRunConfig(
-        source_directory=str(source_dir),
-        script=SCRIPT,
-        arguments=args,
-        compute_target=compute,
-        environment=env,
-        docker_runtime_config=DockerConfiguration(use_docker=True, shm_size=shm_size),
-        distributed_job_config=(
-            PyTorchConfiguration(process_count=nodes * procs_per_node, node_count=nodes)
-            if nodes * procs_per_node > 1
-            else None
-        ),
-    )
-    src.run_config.data_references = refs
-    return src
+        then = ("--resume", "auto", "--overwrite")
+        mounts.append(Mount("checkpoints", datastore, checkpoint_path.strip("/"), True, "--checkpoint-dir", then))
+    job = Intent(image, str(source_dir), tuple(str(a) for a in trainer_args), mounts=tuple(mounts), **kw)
+    if not 1 <= job.nodes <= job.max_nodes or job.procs_per_node < 1:
+        raise SubmitError(f"NODES={job.nodes} needs a cluster of at least that many nodes: set MAX_NODES={job.nodes}")
+    return job
 
 
-def describe(src):
-    """What Experiment.submit would send: the Environment and run configuration, serialized by azureml."""
-    from azureml._execution._commands import _serialize_run_config_to_dict
-    from azureml.core import Environment
-    from azureml.core.script_run_config import get_run_config_from_script_run
-
-    run_config = get_run_config_from_script_run(src)
-    return {
-        "environment": Environment._serialize_to_dict(src.run_config.environment),
-        "runConfiguration": _serialize_run_config_to_dict(run_config),
-    }
-
-
-def compute_config(vm_size, max_nodes, low_priority):
-    """Provisioning of the cluster if it does not exist: scales to 0 nodes when idle."""
-    from azureml.core.compute import AmlCompute
-
-    return AmlCompute.provisioning_configuration(
-        vm_size=vm_size,
-        min_nodes=0,
-        max_nodes=max_nodes,
-        vm_priority="lowpriority" if low_priority else "dedicated",
-        idle_seconds_before_scaledown=1800,
-    )
-
-
-def snapshot_stats(source_dir):
-    """(files, bytes) that Azure ML would upload from source_dir, honouring its .amlignore.
+def snapshot_files(source_dir):
+    """The files Azure ML would upload from source_dir, honouring its .amlignore (relative paths).
 
     pathspec's gitwildmatch is what both SDKs use for .amlignore; it is in both submit images.
     """
@@ -152,32 +120,28 @@ def snapshot_stats(source_dir):
 
     source_dir = Path(source_dir)
     ignore = source_dir / ".amlignore"
-    lines = ignore.read_text().splitlines() if ignore.is_file() else []
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", lines)
-    files = [p for p in source_dir.rglob("*") if p.is_file() and not spec.match_file(p.relative_to(source_dir))]
-    return len(files), sum(p.stat().st_size for p in files)
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", ignore.read_text().splitlines() if ignore.is_file() else [])
+    paths = (p.relative_to(source_dir) for p in source_dir.rglob("*") if p.is_file())
+    return sorted(p.as_posix() for p in paths if not spec.match_file(p))
 
 
 def check_snapshot(source_dir):
-    files, size = snapshot_stats(source_dir)
-    if files > SNAPSHOT_MAX_FILES or size > SNAPSHOT_MAX_BYTES:
+    """{'source_directory', 'files', 'bytes', 'paths'}, or SubmitError beyond Azure ML's limits."""
+    paths = snapshot_files(source_dir)
+    size = sum((Path(source_dir) / p).stat().st_size for p in paths)
+    if len(paths) > SNAPSHOT_MAX_FILES or size > SNAPSHOT_MAX_BYTES:
         raise SubmitError(
-            f"{source_dir} would upload {files} files, {size / 2**20:.0f} MB (limits: {SNAPSHOT_MAX_FILES} files, "
-            f"{SNAPSHOT_MAX_BYTES // 2**20} MB): add what is not code to {source_dir}/.amlignore"
+            f"{source_dir} would upload {len(paths)} files, {size / 2**20:.0f} MB (limits: {SNAPSHOT_MAX_FILES} "
+            f"files, {SNAPSHOT_MAX_BYTES // 2**20} MB): add what is not code to {source_dir}/.amlignore"
         )
-    return files, size
+    return {"source_directory": str(source_dir), "files": len(paths), "bytes": size, "paths": paths}
 
 
 def workspace_settings(config_path):
     """Subscription, resource group and workspace name: from the environment, else config.json."""
+    keys = ("subscription_id", "resource_group", "workspace_name")
     if all(os.environ.get(v) for v in WORKSPACE_VARS):
-        return dict(
-            zip(
-                ("subscription_id", "resource_group", "workspace_name"),
-                (os.environ[v] for v in WORKSPACE_VARS),
-                strict=True,
-            )
-        )
+        return {k: os.environ[v] for k, v in zip(keys, WORKSPACE_VARS, strict=True)}
     path = Path(config_path)
     if not path.is_file():
         raise SubmitError(
@@ -186,7 +150,7 @@ def workspace_settings(config_path):
         )
     try:
         config = json.loads(path.read_text())
-        return {k: config[k] for k in ("subscription_id", "resource_group", "workspace_name")}
+        return {k: config[k] for k in keys}
     except (ValueError, KeyError) as e:
         raise SubmitError(
             f"{path} is not a workspace config.json ({e}): download it again from Azure ML studio"
@@ -213,76 +177,47 @@ def login_mode(mode, cache):
     return mode
 
 
-def authentication(mode):
-    """azureml-core's login: service principal (CI), managed identity, or device code (a person)."""
-    from azureml.core.authentication import (
-        InteractiveLoginAuthentication,
-        MsiAuthentication,
-        ServicePrincipalAuthentication,
-    )
-
-    mode = login_mode(mode, Path.home() / ".azure" / "azureProfile.json")
-    if mode == "sp":
-        return ServicePrincipalAuthentication(*(os.environ[v] for v in SP_VARS))
-    if mode == "msi":
-        return MsiAuthentication()
-    # Without a browser (in a container) azureml-core falls back to a device code; the token
-    # is cached in ~/.azure, so later steps do not ask again.
-    return InteractiveLoginAuthentication(tenant_id=os.environ.get("AZURE_TENANT_ID"))
-
-
-def connect_workspace(settings, auth):  # network
-    from azureml.core import Workspace
-
-    return Workspace(auth=auth, **settings)
-
-
-def registry_login_server(ws):  # network
-    """The login server of the workspace's container registry (Azure ML pulls from it without credentials)."""
-    return login_server_of(ws.get_details().get("containerRegistry"))
-
-
-def login_server_of(arm_id):
-    if not arm_id:
-        raise SubmitError("the workspace has no container registry yet: set REGISTRY=NAME.azurecr.io to push elsewhere")
-    return arm_id.rstrip("/").split("/")[-1] + ".azurecr.io"
-
-
-def arm_token(auth):  # network
-    return auth.get_authentication_header()["Authorization"].split(" ", 1)[1]
-
-
-def acr_refresh_token(aad, login_server):  # network
-    """An ACR refresh token for `docker login --password-stdin`, in exchange for an Azure AD token."""
-    import requests
-
-    r = requests.post(
-        f"https://{login_server}/oauth2/exchange",
-        data={"grant_type": "access_token", "service": login_server, "access_token": aad},
-        timeout=60,
-    )
-    r.raise_for_status()
-    return r.json()["refresh_token"]
-
-
-def get_or_create_compute(ws, name, config):  # network
-    from azureml.core.compute import ComputeTarget
-    from azureml.core.compute_target import ComputeTargetException
-
+def tenant_of(token):
+    """The tenant (`tid` claim) of an Azure AD access token: the one the ACR exchange wants."""
     try:
-        return ComputeTarget(workspace=ws, name=name)
-    except ComputeTargetException:
-        target = ComputeTarget.create(ws, name, config)
-        target.wait_for_completion(show_output=True)
-        return target
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["tid"]
+    except (IndexError, ValueError, KeyError):
+        raise SubmitError("the Azure AD token has no tenant (tid): log in again (AUTH=interactive)") from None
 
 
-def submit(ws, experiment, src, wait):  # network
-    from azureml.core import Experiment
+def login_server_of(registry):
+    """properties.loginServer of a registry resource, as ARM returns it (Registries - Get)."""
+    server = (registry.get("properties") or {}).get("loginServer")
+    if not server:
+        raise SubmitError(f"registry {registry.get('id', '?')} has no loginServer yet: set REGISTRY= to push elsewhere")
+    return server
 
-    src.run_config.environment = src.run_config.environment.register(ws)
-    run = Experiment(ws, experiment).submit(src)
-    print(f"submitted {run.id}: {run.get_portal_url()}", flush=True)
-    if wait:
-        run.wait_for_completion(show_output=True)
-    return run
+
+def registry_login_server(registry_id, arm_token, arm=ARM):  # network
+    """The login server of the workspace's registry, read from its ARM resource: it is not always
+    NAME.azurecr.io (sovereign clouds, upper-case names)."""
+    if not registry_id:
+        raise SubmitError("the workspace has no container registry yet: attach one (portal) or set REGISTRY=")
+    url = f"{arm}{registry_id}?api-version={REGISTRY_API_VERSION}"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {arm_token}"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return login_server_of(json.load(r))
+
+
+def acr_refresh_token(login_server, aad_token, base=None):  # network
+    """An ACR refresh token for `docker login --password-stdin`, in exchange for an Azure AD
+    access token (Azure/acr docs/AAD-OAuth.md: POST /oauth2/exchange, form-encoded)."""
+    form = {
+        "grant_type": "access_token",
+        "service": login_server,
+        "tenant": tenant_of(aad_token),
+        "access_token": aad_token,
+    }
+    request = urllib.request.Request(
+        f"{base or 'https://' + login_server}/oauth2/exchange",
+        data=urllib.parse.urlencode(form).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return json.load(r)["refresh_token"]

@@ -1,94 +1,70 @@
-"""Azure ML SDK v2 (azure-ai-ml): the same submission as aml.py, as a command job.
+"""SDK v2 adapter (azure-ai-ml): an Intent as a command job, and its submission.
 
-azureml-core (SDK v1) passed its end of support on 2026-06-30; v1 stays the default as the
-project was specified, and `make submit SDK=v2` sends the same image, code and arguments
-this way. Runs in the submit-v2 image only: Microsoft advises against azure-ai-ml beside
-azureml-core. Builders are offline; the functions marked "network" are the thin edge.
+Same functions as aml_v1.py: credential, connect, registry_id, token, build_job, describe,
+compute, submit. Runs in the submit-v2 image only: Microsoft advises against azure-ai-ml beside
+azureml-core. azureml-core (v1) passed its end of support on 2026-06-30; v1 stays the default
+as the project was specified, and `make submit SDK=v2` sends the same image, code and arguments.
 """
 
 import os
 import shlex
 from pathlib import Path
 
-from aml import ENV_NAME, INTERPRETER, SCRIPT, SP_VARS, environment_version, login_mode, parse_image_ref
-
-ARM_SCOPE = "https://management.azure.com/.default"
+from aml import ARM_SCOPE, ENV_NAME, INTERPRETER, SCRIPT, SP_VARS, environment_version, login_mode
 
 
-def build_environment(image_ref):
+def datastore_uri(mount):
+    return f"azureml://datastores/{mount.datastore}/paths/{mount.path}"
+
+
+def build_job(intent):
+    """The command job: the image's interpreter runs train.py from the uploaded code. Read-only
+    mounts are inputs (ro_mount), writable ones outputs (rw_mount: survives preemption).
+    Several processes: PyTorchDistribution on instance_count nodes (one process per rank)."""
+    from azure.ai.ml import Input, Output, PyTorchDistribution, command
     from azure.ai.ml.entities import Environment
 
-    digest = parse_image_ref(image_ref)["digest"]
-    return Environment(name=ENV_NAME, version=environment_version(digest), image=image_ref)
-
-
-def datastore_uri(datastore, path):
-    return f"azureml://datastores/{datastore}/paths/{path.strip('/')}"
-
-
-def build_job(
-    env,
-    source_dir,
-    compute,
-    trainer_args,
-    experiment,
-    shm_size="2g",
-    datastore="workspaceblobstore",
-    data_path=None,
-    checkpoint_path=None,
-    nodes=1,
-    procs_per_node=1,
-):
-    """The command job: the image's interpreter runs train.py from the uploaded code.
-
-    nodes x procs_per_node > 1: PyTorchDistribution on instance_count nodes (one process per rank).
-    """
-    from azure.ai.ml import Input, Output, PyTorchDistribution, command
-
-    words = [INTERPRETER, SCRIPT, *(shlex.quote(str(a)) for a in trainer_args)]
-    inputs, outputs = {}, {}
-    if data_path:
-        inputs["cifar10"] = Input(type="uri_folder", path=datastore_uri(datastore, data_path), mode="ro_mount")
-        words += ["--data-dir", "${{inputs.cifar10}}"]
-    if checkpoint_path:
-        # rw_mount of a datastore folder: survives preemption; a restarted job resumes from it
-        outputs["checkpoints"] = Output(
-            type="uri_folder", path=datastore_uri(datastore, checkpoint_path), mode="rw_mount"
-        )
-        words += ["--checkpoint-dir", "${{outputs.checkpoints}}", "--resume", "auto", "--overwrite"]
+    words, inputs, outputs = [INTERPRETER, SCRIPT, *map(shlex.quote, intent.trainer_args)], {}, {}
+    for mount in intent.mounts:
+        if mount.writable:
+            outputs[mount.name] = Output(type="uri_folder", path=datastore_uri(mount), mode="rw_mount")
+            words += [mount.flag, f"${{{{outputs.{mount.name}}}}}", *mount.then]
+        else:
+            inputs[mount.name] = Input(type="uri_folder", path=datastore_uri(mount), mode="ro_mount")
+            words += [mount.flag, f"${{{{inputs.{mount.name}}}}}", *mount.then]
     return command(
-        code=str(source_dir),
+        code=intent.source_dir,
         command=" ".join(words),
-        environment=env,
-        compute=compute,
+        environment=Environment(name=ENV_NAME, version=environment_version(intent.image), image=intent.image),
+        compute=intent.compute,
         inputs=inputs,
         outputs=outputs,
-        shm_size=shm_size,
-        experiment_name=experiment,
-        environment_variables={"IMAGE_REF": env.image},  # recorded by the trainer in summary.json
-        instance_count=nodes,
-        distribution=(
-            PyTorchDistribution(process_count_per_instance=procs_per_node) if nodes * procs_per_node > 1 else None
-        ),
+        shm_size=intent.shm_size,
+        experiment_name=intent.experiment,
+        environment_variables=intent.environment_variables,
+        instance_count=intent.nodes,
+        distribution=PyTorchDistribution(process_count_per_instance=intent.procs_per_node)
+        if intent.processes > 1
+        else None,
     )
 
 
-def describe(job):
-    """The job as azure-ai-ml serializes it (the YAML `az ml job create` takes)."""
-    return {"experiment_name": job.experiment_name, "job": job._to_dict()}
-
-
-def compute_config(name, vm_size, max_nodes, low_priority):
+def compute_config(intent):
     from azure.ai.ml.entities import AmlCompute
 
     return AmlCompute(
-        name=name,
-        size=vm_size,
+        name=intent.compute,
+        size=intent.vm_size,
         min_instances=0,
-        max_instances=max_nodes,
-        tier="low_priority" if low_priority else "dedicated",
+        max_instances=intent.max_nodes,
+        tier="low_priority" if intent.low_priority else "dedicated",
         idle_time_before_scale_down=1800,
     )
+
+
+def describe(job, intent):
+    """The job as azure-ai-ml serializes it (the YAML `az ml job create` takes), and the cluster."""
+    return {"experiment_name": job.experiment_name, "compute": compute_config(intent)._to_dict(), "job": job._to_dict()}
 
 
 def credential(mode):
@@ -117,34 +93,33 @@ def credential(mode):
     return cred
 
 
-def arm_token(cred):  # network
-    return cred.get_token(ARM_SCOPE).token
+def token(cred, scope):  # network
+    return cred.get_token(scope).token
 
 
-def registry_login_server(client):  # network
-    from aml import login_server_of
-
-    return login_server_of(client.workspaces.get(client.workspace_name).container_registry)
-
-
-def get_or_create_compute(client, config):  # network
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        return client.compute.get(config.name)
-    except ResourceNotFoundError:
-        return client.compute.begin_create_or_update(config).result()
-
-
-def ml_client(settings, cred):  # network on first use
+def connect(settings, cred):  # network on first use
     from azure.ai.ml import MLClient
 
     return MLClient(cred, settings["subscription_id"], settings["resource_group"], settings["workspace_name"])
 
 
-def submit(client, job, wait):  # network
+def registry_id(client):  # network
+    """ARM id of the workspace's container registry (Azure ML pulls from it without credentials)."""
+    return client.workspaces.get(client.workspace_name).container_registry
+
+
+def compute(client, intent):  # network
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return client.compute.get(intent.compute)
+    except ResourceNotFoundError:
+        return client.compute.begin_create_or_update(compute_config(intent)).result()
+
+
+def submit(client, job, intent, wait):  # network
     client.environments.create_or_update(job.environment)
-    returned = client.jobs.create_or_update(job)
+    returned = client.jobs.create_or_update(job, experiment_name=intent.experiment)
     print(f"submitted {returned.name}: {returned.studio_url}", flush=True)
     if wait:
         client.jobs.stream(returned.name)

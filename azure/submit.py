@@ -2,18 +2,21 @@
 
     submit.py check-source               # refuse if ./src differs from the image's code
     submit.py login                      # workspace config and credentials; device-code login if needed
-    submit.py registry                   # the workspace registry's login server
+    submit.py registry                   # the workspace registry's login server (from its ARM resource)
     submit.py acr-token --registry R     # a token for `docker login --password-stdin`
     submit.py run --image R:T@sha256:... [--dry-run] [options] -- TRAINER FLAGS
 
-Runs inside a container of the training image (azureml-core is there), with ./src, the
-workspace config and the Azure token cache mounted; pushing is left to the host's Docker.
+Runs inside a container of the training image (SDK v1) or the submit-v2 image (SDK v2), with
+./src, the workspace config and the Azure token cache mounted; pushing is left to the host's
+Docker. The SDK is chosen once, here: aml_v1 and aml_v2 have the same functions.
 """
 
 import argparse
+import importlib
 import json
 import os
 import sys
+import urllib.error
 from pathlib import Path
 
 import aml
@@ -38,12 +41,12 @@ def parse_args(argv):
             help="auto: service principal if AZURE_CLIENT_ID/SECRET are set, else device-code login",
         )
         if name == "acr-token":
-            s.add_argument("--registry", required=True, help="login server, e.g. NAME.azurecr.io")
+            s.add_argument("--registry", required=True, help="the registry's login server")
     run = sub.choices["run"]
     run.add_argument("--image", required=True, help="REPO:TAG@sha256:DIGEST, as pushed")
     run.add_argument("--dry-run", action="store_true", help="print what would be sent; no network, no credentials")
-    run.add_argument("--experiment", default="cifar10", help="experiment name")
-    run.add_argument("--compute", default="cpu-cluster", help="compute cluster, created if missing")
+    run.add_argument("--experiment", default=aml.EXPERIMENT, help="experiment name")
+    run.add_argument("--compute", default=aml.COMPUTE, help="compute cluster, created if missing")
     run.add_argument("--vm-size", default="STANDARD_D2_V2", help="VM size, if the cluster is created")
     run.add_argument("--max-nodes", type=int, default=1, help="cluster size limit, if created (min is 0)")
     run.add_argument("--low-priority", action="store_true", help="low-priority VMs, if the cluster is created")
@@ -80,100 +83,63 @@ def check_source():
     return local
 
 
-def run(args):
+def run(adapter, args):
+    """The samples' job.py, in a straight line: intent, job, (dry run: print it), workspace, compute, submit."""
     check_source()
-    files, size = aml.check_snapshot(SOURCE)
-    if not 1 <= args.nodes <= args.max_nodes or args.procs_per_node < 1:
-        raise aml.SubmitError(
-            f"NODES={args.nodes} needs a cluster of at least that many nodes: set MAX_NODES={args.nodes}"
-        )
-    job_args = dict(
-        shm_size=args.shm_size,
+    snapshot = aml.check_snapshot(SOURCE)
+    intent = aml.intent(
+        args.image,
+        SOURCE,
+        args.trainer_args,
         datastore=args.datastore,
         data_path=args.data_path,
         checkpoint_path=args.checkpoint_path,
+        experiment=args.experiment,
+        compute=args.compute,
+        vm_size=args.vm_size,
+        max_nodes=args.max_nodes,
+        low_priority=args.low_priority,
+        shm_size=args.shm_size,
         nodes=args.nodes,
         procs_per_node=args.procs_per_node,
     )
-    if SDK == "v2":
-        import aml_v2
-
-        job = aml_v2.build_job(
-            aml_v2.build_environment(args.image), SOURCE, args.compute, args.trainer_args, args.experiment, **job_args
-        )
-        compute = aml_v2.compute_config(args.compute, args.vm_size, args.max_nodes, args.low_priority)
-        plan = {"compute": compute._to_dict(), **aml_v2.describe(job)}
-    else:
-        src = aml.build_run_config(
-            aml.build_environment(args.image), SOURCE, args.compute, args.trainer_args, **job_args
-        )
-        compute = aml.compute_config(args.vm_size, args.max_nodes, args.low_priority)
-        scale = compute.scale_settings
-        plan = {
-            "experiment": args.experiment,
-            "compute": {
-                "name": args.compute,
-                "if_missing": {
-                    "vm_size": compute.vm_size,
-                    "vm_priority": compute.vm_priority,
-                    "min_nodes": scale.minimum_node_count,
-                    "max_nodes": scale.maximum_node_count,
-                    "idle_seconds_before_scaledown": scale.idle_seconds_before_scaledown,
-                },
-            },
-            **aml.describe(src),
-        }
+    job = adapter.build_job(intent)
     if args.dry_run:
-        snapshot = {"source_directory": str(SOURCE), "files": files, "bytes": size}
-        print(json.dumps({"sdk": SDK, "snapshot": snapshot, **plan}, indent=2, default=str))
+        plan = {"sdk": SDK, "snapshot": snapshot, **adapter.describe(job, intent)}
+        print(json.dumps(plan, indent=2, default=str))
         return 0
-    settings = aml.workspace_settings(args.config)
-    if SDK == "v2":
-        client = aml_v2.ml_client(settings, aml_v2.credential(args.auth))
-        aml_v2.get_or_create_compute(client, compute)
-        aml_v2.submit(client, job, args.wait)
-    else:
-        ws = aml.connect_workspace(settings, aml.authentication(args.auth))
-        src.run_config.target = aml.get_or_create_compute(ws, args.compute, compute)
-        aml.submit(ws, args.experiment, src, args.wait)
+    ws = adapter.connect(aml.workspace_settings(args.config), adapter.credential(args.auth))
+    adapter.compute(ws, intent)
+    adapter.submit(ws, job, intent, args.wait)
     return 0
-
-
-def login_server(settings, auth_mode):  # network
-    if SDK == "v2":
-        import aml_v2
-
-        return aml_v2.registry_login_server(aml_v2.ml_client(settings, aml_v2.credential(auth_mode)))
-    return aml.registry_login_server(aml.connect_workspace(settings, aml.authentication(auth_mode)))
-
-
-def arm_token(auth_mode):  # network
-    if SDK == "v2":
-        import aml_v2
-
-        return aml_v2.arm_token(aml_v2.credential(auth_mode))
-    return aml.arm_token(aml.authentication(auth_mode))
 
 
 def main(argv=None):
     args = parse_args(argv)
+    adapter = importlib.import_module({"v1": "aml_v1", "v2": "aml_v2"}[SDK])
     try:
         if args.command == "check-source":
             print(f"src/ matches the image's code ({check_source()[:12]})")
             return 0
         if args.command == "run":
-            return run(args)
+            return run(adapter, args)
         settings = aml.workspace_settings(args.config)
+        cred = adapter.credential(args.auth)
         if args.command == "login":
-            arm_token(args.auth)  # logs in now (device code if needed) and caches the token
+            adapter.token(cred, aml.ARM_SCOPE)  # logs in now (device code if needed) and caches the token
             print(f"workspace {settings['workspace_name']} in {settings['resource_group']}: logged in")
         elif args.command == "registry":
-            print(login_server(settings, args.auth))
+            ws = adapter.connect(settings, cred)
+            print(aml.registry_login_server(adapter.registry_id(ws), adapter.token(cred, aml.ARM_SCOPE)))
         elif args.command == "acr-token":
-            print(aml.acr_refresh_token(arm_token(args.auth), args.registry))
+            print(aml.acr_refresh_token(args.registry, adapter.token(cred, aml.REGISTRY_SCOPE)))
         return 0
     except aml.SubmitError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except urllib.error.HTTPError as e:  # ARM or the registry said no: its status names the cause
+        where = e.url.split("?")[0]
+        print(f"error: {where} answered {e.code} {e.reason}: check AUTH and your role on it", file=sys.stderr)
         return 1
 
 

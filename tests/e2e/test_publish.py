@@ -4,56 +4,21 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+import local_registry
+from local_registry import tags
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("IMAGE", "cifar10-trainer:local")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.skip("Debian's docker-registry is not installed (.ci/run installs it)")
-    root = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = root / "config.yml"
-    config.write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: error\n"
-    )
-    server = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
-    for _ in range(50):
-        try:
-            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield address
-    server.terminate()
-    server.wait(timeout=10)
-
-
-def tags(registry):
-    try:
-        with urllib.request.urlopen(f"http://{registry}/v2/cifar10-trainer/tags/list", timeout=5) as r:
-            return json.load(r)["tags"] or []
-    except urllib.error.HTTPError as e:
-        assert e.code == 404  # no such repository: nothing was ever pushed
-        return []
+    yield from local_registry.serve(tmp_path_factory.mktemp("registry"))
 
 
 def test_publish_pushes_an_immutable_tag_and_the_digest_pulls_the_same_image(registry):

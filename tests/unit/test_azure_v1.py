@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("azureml.core", reason="SDK v1 tests run in the training image")
 
 import aml  # noqa: E402
+import aml_v1  # noqa: E402
 import submit  # noqa: E402
 from provenance import source_digest  # noqa: E402
 
@@ -31,15 +32,19 @@ def dry_run(capsys, *extra):
 
 
 def test_dry_run_prints_the_environment_and_run_configuration_field_by_field(source, capsys):
-    plan = dry_run(capsys, "--compute", "gpu-cluster", "--shm-size", "8g", "--", "--epochs", "1", "--batch-size", "8")
+    plan = dry_run(capsys, *"--compute gpu-cluster --shm-size 8g -- --epochs 1 --batch-size 8".split())
+    assert plan["experiment"] == "day1-experiment-train"  # the Azure tutorial's
     env = plan["environment"]
     assert env["name"] == "cifar10-trainer" and not env["name"].lower().startswith(("azureml", "microsoft"))
     assert env["version"] == "ab12ab12ab12ab12"  # from the digest
     assert env["docker"]["baseImage"] == REF
     assert env["python"]["userManagedDependencies"] is True
     assert env["python"]["interpreterPath"] == "/opt/venv/bin/python"
-    assert "condaDependencies" not in env["python"] and env["environmentVariables"] == {"IMAGE_REF": REF}
+    assert "condaDependencies" not in env["python"]
     rc = plan["runConfiguration"]
+    # IMAGE_REF on the run configuration: azureml-core deprecates variables on the Environment
+    assert rc["environmentVariables"] == {"IMAGE_REF": REF}
+    assert env["environmentVariables"] == {} and rc["environment"]["environmentVariables"] == {}
     assert rc["script"] == "train.py"
     assert rc["arguments"] == ["--epochs", "1", "--batch-size", "8"]
     assert rc["target"] == "gpu-cluster"
@@ -62,31 +67,16 @@ def test_dry_run_prints_the_environment_and_run_configuration_field_by_field(sou
 
 
 def test_dataset_and_checkpoints_are_datastore_mounts_and_the_run_resumes(source, capsys):
-    plan = dry_run(
-        capsys,
-        "--datastore",
-        "cifarstore",
-        "--data-path",
-        "datasets/cifar10",
-        "--checkpoint-path",
-        "checkpoints/cifar10/run-1",
-        "--low-priority",
-        "--",
-        "--epochs",
-        "2",
-    )
+    flags = "--datastore cifarstore --data-path datasets/cifar10 --checkpoint-path checkpoints/cifar10/run-1"
+    plan = dry_run(capsys, *flags.split(), "--low-priority", "--", "--epochs", "2")
     rc = plan["runConfiguration"]
-    assert rc["arguments"] == [
-        "--epochs",
-        "2",
-        "--data-dir",
-        "$AZUREML_DATAREFERENCE_cifar10",
-        "--checkpoint-dir",
-        "$AZUREML_DATAREFERENCE_checkpoints",
-        "--resume",
-        "auto",
-        "--overwrite",
-    ]
+    assert (
+        rc["arguments"]
+        == (
+            "--epochs 2 --data-dir $AZUREML_DATAREFERENCE_cifar10 "
+            "--checkpoint-dir $AZUREML_DATAREFERENCE_checkpoints --resume auto --overwrite"
+        ).split()
+    )
     refs = rc["dataReferences"]
     assert refs["cifar10"] == {
         "dataStoreName": "cifarstore",
@@ -172,15 +162,16 @@ def test_service_principal_from_environment_is_azureml_core_auth(monkeypatch):
 
     for var in aml.SP_VARS:
         monkeypatch.setenv(var, "x")
-    assert isinstance(aml.authentication("auto"), ServicePrincipalAuthentication)
+    assert isinstance(aml_v1.credential("auto"), ServicePrincipalAuthentication)
 
 
 def test_snapshot_honours_amlignore_and_refuses_oversize(tmp_path):
     shutil.copytree(SRC, tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "src" / "outputs").mkdir()
     (tmp_path / "src" / "outputs" / "model.pt").write_bytes(b"0" * 1000)
-    files, _ = aml.check_snapshot(tmp_path / "src")
-    assert files == len([p for p in SRC.iterdir() if p.is_file()])
+    snapshot = aml.check_snapshot(tmp_path / "src")
+    assert snapshot["paths"] == sorted(p.name for p in SRC.iterdir() if p.is_file())
+    assert "outputs/model.pt" not in snapshot["paths"] and snapshot["files"] == len(snapshot["paths"])
     for i in range(aml.SNAPSHOT_MAX_FILES):
         (tmp_path / "src" / f"extra_{i}.txt").write_text("x")
     with pytest.raises(aml.SubmitError, match="add what is not code to .*amlignore"):
@@ -200,3 +191,22 @@ def test_two_nodes_use_pytorch_configuration(source, capsys):
     assert rc["pytorch"] == {"communicationBackend": "nccl", "processCount": 4, "nodeCount": 2}
     assert submit.main(["run", "--image", REF, "--dry-run", "--nodes", "2"]) == 1
     assert "set MAX_NODES=2" in capsys.readouterr().err
+
+
+def test_acr_token_asks_azureml_core_for_a_registry_audience_token(source, config, monkeypatch, capsys):
+    from azureml.core.authentication import ServicePrincipalAuthentication
+
+    asked, exchanged = [], []
+
+    class Credential:  # what ServicePrincipalAuthentication wraps: azure-identity's ClientSecretCredential
+        def get_token(self, *scopes):
+            asked.extend(scopes)
+            return type("AccessToken", (), {"token": "aad-token"})()
+
+    for var in aml.SP_VARS:
+        monkeypatch.setenv(var, "x")
+    monkeypatch.setattr(ServicePrincipalAuthentication, "_get_sp_credential_object", lambda self: Credential())
+    monkeypatch.setattr(aml, "acr_refresh_token", lambda server, token: exchanged.append((server, token)) or "acr")
+    assert submit.main(["acr-token", "--config", str(config), "--registry", "myreg.registry.example"]) == 0
+    assert asked == ["https://containerregistry.azure.net/.default"]
+    assert exchanged == [("myreg.registry.example", "aad-token")] and capsys.readouterr().out == "acr\n"

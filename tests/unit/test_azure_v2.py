@@ -19,12 +19,9 @@ def source(submit_source, monkeypatch):
 
 
 def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
-    rc = submit.main(
-        ["run", "--image", REF, "--dry-run", "--compute", "cpu-cluster", "--shm-size", "4g", "--", "--epochs", "1"]
-    )
-    assert rc == 0
+    assert submit.main(["run", "--image", REF, *"--dry-run --shm-size 4g -- --epochs 1".split()]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["sdk"] == "v2" and plan["experiment_name"] == "cifar10"
+    assert plan["sdk"] == "v2" and plan["experiment_name"] == "day1-experiment-train"  # the Azure tutorial's
     job = plan["job"]
     assert job["type"] == "command" and job["compute"] == "azureml:cpu-cluster"
     assert job["environment"] == {"name": "cifar10-trainer", "version": "cd34cd34cd34cd34", "image": REF}
@@ -38,23 +35,8 @@ def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
 
 
 def test_v2_dataset_and_checkpoints_are_datastore_uris(source, capsys):
-    rc = submit.main(
-        [
-            "run",
-            "--image",
-            REF,
-            "--dry-run",
-            "--data-path",
-            "datasets/cifar10",
-            "--checkpoint-path",
-            "checkpoints/cifar10/run-1",
-            "--low-priority",
-            "--",
-            "--epochs",
-            "2",
-        ]
-    )
-    assert rc == 0
+    flags = "--dry-run --data-path datasets/cifar10 --checkpoint-path checkpoints/cifar10/run-1 --low-priority"
+    assert submit.main(["run", "--image", REF, *flags.split(), "--", "--epochs", "2"]) == 0
     plan = json.loads(capsys.readouterr().out)
     job = plan["job"]
     assert job["component"]["command"] == (
@@ -102,3 +84,23 @@ def test_v2_two_nodes_use_pytorch_distribution(source, capsys):
     job = json.loads(capsys.readouterr().out)["job"]
     assert job["distribution"] == {"type": "pytorch", "process_count_per_instance": 1}
     assert job["resources"]["instance_count"] == 2
+
+
+def test_v2_acr_token_asks_for_a_registry_audience_token(source, tmp_path, monkeypatch, capsys):
+    import aml
+    import aml_v2
+
+    asked = []
+
+    class Credential:
+        def get_token(self, *scopes):
+            asked.extend(scopes)
+            return type("AccessToken", (), {"token": "aad-token"})()
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
+    monkeypatch.setattr(aml_v2, "credential", lambda mode: Credential())
+    monkeypatch.setattr(aml, "acr_refresh_token", lambda server, token: f"acr for {server} from {token}")
+    assert submit.main(["acr-token", "--config", str(config), "--registry", "myreg.registry.example"]) == 0
+    assert asked == ["https://containerregistry.azure.net/.default"]
+    assert capsys.readouterr().out == "acr for myreg.registry.example from aad-token\n"

@@ -1,0 +1,162 @@
+"""SDK v1 adapter (azureml-core): an Intent as a ScriptRunConfig, and its submission.
+
+Same functions as aml_v2.py: credential, connect, registry_id, token, build_job, describe,
+compute, submit. azureml is imported inside them: importing this module costs nothing.
+"""
+
+import os
+from pathlib import Path
+
+from aml import ENV_NAME, INTERPRETER, SCRIPT, SP_VARS, environment_version, login_mode
+
+
+def build_environment(image_ref):
+    """The custom-image Environment: the image runs as is, with its own interpreter."""
+    from azureml.core import Environment
+
+    env = Environment.from_docker_image(ENV_NAME, image_ref)
+    env.python.user_managed_dependencies = True
+    env.python.conda_dependencies = None
+    env.python.interpreter_path = INTERPRETER
+    env.environment_variables.clear()  # Environment()'s EXAMPLE_ENV_VAR; the setter is deprecated
+    env.version = environment_version(image_ref)
+    return env
+
+
+def datastore_mount(mount):
+    """A DataReference mount of a datastore folder (serializable offline). v1 mounts are always
+    writable: read-only is v2's ro_mount only."""
+    from azureml.data.azure_storage_datastore import AzureBlobDatastore
+
+    # A DataReference carries only the datastore's name; the service resolves the rest.
+    datastore = AzureBlobDatastore(None, mount.datastore, None, None)
+    return datastore.path(mount.path, data_reference_name=mount.name).as_mount()
+
+
+def build_job(intent):
+    """The ScriptRunConfig of the run. Several processes: PyTorchConfiguration, so Azure ML starts
+    one per rank with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK set."""
+    from azureml.core import ScriptRunConfig
+    from azureml.core.runconfig import DockerConfiguration, PyTorchConfiguration
+
+    args, refs = list(intent.trainer_args), {}
+    for mount in intent.mounts:
+        ref = datastore_mount(mount)
+        args += [mount.flag, str(ref), *mount.then]  # str(ref) is $AZUREML_DATAREFERENCE_<name>
+        refs[mount.name] = ref.to_config()
+    src = ScriptRunConfig(
+        source_directory=intent.source_dir,
+        script=SCRIPT,
+        arguments=args,
+        compute_target=intent.compute,
+        environment=build_environment(intent.image),
+        docker_runtime_config=DockerConfiguration(use_docker=True, shm_size=intent.shm_size),
+        distributed_job_config=(
+            PyTorchConfiguration(process_count=intent.processes, node_count=intent.nodes)
+            if intent.processes > 1
+            else None
+        ),
+    )
+    src.run_config.data_references = refs
+    # On the run, not the Environment: azureml-core deprecates Environment.environment_variables
+    src.run_config.environment_variables = intent.environment_variables
+    return src
+
+
+def compute_config(intent):
+    """Provisioning of the cluster if it does not exist: scales to 0 nodes when idle."""
+    from azureml.core.compute import AmlCompute
+
+    return AmlCompute.provisioning_configuration(
+        vm_size=intent.vm_size,
+        min_nodes=0,
+        max_nodes=intent.max_nodes,
+        vm_priority="lowpriority" if intent.low_priority else "dedicated",
+        idle_seconds_before_scaledown=1800,
+    )
+
+
+def describe(job, intent):
+    """What Experiment.submit would send: the Environment and run configuration, serialized by
+    azureml-core, and the cluster to create if it is missing."""
+    from azureml._execution._commands import _serialize_run_config_to_dict
+    from azureml.core import Environment
+    from azureml.core.script_run_config import get_run_config_from_script_run
+
+    config = compute_config(intent)
+    scale = config.scale_settings
+    return {
+        "experiment": intent.experiment,
+        "compute": {
+            "name": intent.compute,
+            "if_missing": {
+                "vm_size": config.vm_size,
+                "vm_priority": config.vm_priority,
+                "min_nodes": scale.minimum_node_count,
+                "max_nodes": scale.maximum_node_count,
+                "idle_seconds_before_scaledown": scale.idle_seconds_before_scaledown,
+            },
+        },
+        "environment": Environment._serialize_to_dict(job.run_config.environment),
+        "runConfiguration": _serialize_run_config_to_dict(get_run_config_from_script_run(job)),
+    }
+
+
+def credential(mode):
+    """azureml-core's login: service principal (CI), managed identity, or device code (a person)."""
+    from azureml.core.authentication import (
+        InteractiveLoginAuthentication,
+        MsiAuthentication,
+        ServicePrincipalAuthentication,
+    )
+
+    mode = login_mode(mode, Path.home() / ".azure" / "azureProfile.json")
+    if mode == "sp":
+        return ServicePrincipalAuthentication(*(os.environ[v] for v in SP_VARS))
+    if mode == "msi":
+        return MsiAuthentication()
+    # Without a browser (in a container) azureml-core falls back to a device code; the token
+    # is cached in ~/.azure, so later steps do not ask again.
+    return InteractiveLoginAuthentication(tenant_id=os.environ.get("AZURE_TENANT_ID"))
+
+
+def token(auth, scope):  # network
+    """An Azure AD access token for scope. azureml-core's public get_token() ignores its scopes and
+    always returns an ARM token, so other audiences go through the login's own token call."""
+    if hasattr(auth, "_get_sp_credential_object"):  # ServicePrincipalAuthentication: azure-identity inside
+        return auth._get_sp_credential_object().get_token(scope).token
+    return auth._get_resource_token(scope.removesuffix("/.default"))  # interactive, msi
+
+
+def connect(settings, auth):  # network
+    from azureml.core import Workspace
+
+    return Workspace(auth=auth, **settings)
+
+
+def registry_id(ws):  # network
+    """ARM id of the workspace's container registry (Azure ML pulls from it without credentials)."""
+    return ws.get_details().get("containerRegistry")
+
+
+def compute(ws, intent):  # network
+    from azureml.core.compute import ComputeTarget
+    from azureml.core.compute_target import ComputeTargetException
+
+    try:
+        return ComputeTarget(workspace=ws, name=intent.compute)
+    except ComputeTargetException:
+        target = ComputeTarget.create(ws, intent.compute, compute_config(intent))
+        target.wait_for_completion(show_output=True)
+        return target
+
+
+def submit(ws, job, intent, wait):  # network
+    from azureml.core import Experiment
+
+    job.run_config.environment = job.run_config.environment.register(ws)
+    run = Experiment(ws, intent.experiment).submit(job)
+    print(f"submitted {run.id}: {run.get_portal_url()}", flush=True)
+    if wait:
+        run.wait_for_completion(show_output=True)
+    return run

@@ -1,0 +1,109 @@
+"""The SDK-neutral part of `make submit`: the job's intent, and the registry login's two HTTP calls
+(ARM for the registry's login server, the ACR token exchange), against servers started here."""
+
+import base64
+import json
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+import aml
+
+DIGEST = "sha256:" + "ef56" * 16
+REF = f"registry.example/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
+REGISTRY_ID = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/myreg"
+
+
+def jwt(claims):
+    encode = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    return f"{encode({'alg': 'none'})}.{encode(claims)}.signature"
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server that records each request and answers with `reply` as JSON."""
+    seen, reply = [], {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self, body):
+            seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self.answer(None)
+
+        def do_POST(self):
+            self.answer(self.rfile.read(int(self.headers["Content-Length"])).decode())
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}", seen, reply
+    httpd.shutdown()
+
+
+def test_acr_exchange_posts_the_documented_form_with_the_tokens_tenant(server):
+    base, seen, reply = server
+    reply["refresh_token"] = "acr-refresh-token"
+    aad = jwt({"tid": "tenant-guid", "aud": "https://containerregistry.azure.net"})
+    assert aml.acr_refresh_token("myreg.registry.example", aad, base=base) == "acr-refresh-token"
+    (request,) = seen
+    assert request["method"] == "POST" and request["path"] == "/oauth2/exchange"
+    assert request["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    assert dict(urllib.parse.parse_qsl(request["body"])) == {
+        "grant_type": "access_token",
+        "service": "myreg.registry.example",
+        "tenant": "tenant-guid",
+        "access_token": aad,
+    }
+
+
+def test_the_exchange_asks_for_the_registry_audience_not_arm():
+    assert aml.REGISTRY_SCOPE == "https://containerregistry.azure.net/.default" != aml.ARM_SCOPE
+
+
+def test_a_token_without_tenant_is_one_clear_error():
+    with pytest.raises(aml.SubmitError, match="no tenant"):
+        aml.tenant_of("not-a-jwt")
+
+
+def test_the_login_server_is_read_from_the_registry_resource(server):
+    base, seen, reply = server
+    # Not NAME.azurecr.io: sovereign clouds and upper-case names differ; ARM says what it is.
+    reply.update(id=REGISTRY_ID, name="MyReg", properties={"loginServer": "myreg.registry.sovereign.example"})
+    assert aml.registry_login_server(REGISTRY_ID, "arm-token", arm=base) == "myreg.registry.sovereign.example"
+    (request,) = seen
+    assert request["method"] == "GET"
+    assert request["path"] == f"{REGISTRY_ID}?api-version={aml.REGISTRY_API_VERSION}"
+    assert request["headers"]["Authorization"] == "Bearer arm-token"
+
+
+def test_a_workspace_without_registry_is_one_clear_error():
+    with pytest.raises(aml.SubmitError, match="no container registry yet"):
+        aml.registry_login_server(None, "arm-token")
+    with pytest.raises(aml.SubmitError, match="no loginServer yet"):
+        aml.login_server_of({"id": REGISTRY_ID, "properties": {}})
+
+
+def test_the_intent_mounts_data_read_only_and_checkpoints_writable():
+    job = aml.intent(REF, "src", ["--epochs", 1], data_path="/datasets/cifar10/", checkpoint_path="ck/run-1")
+    assert job.trainer_args == ("--epochs", "1") and job.experiment == "day1-experiment-train"
+    assert job.compute == "cpu-cluster" and job.environment_variables == {"IMAGE_REF": REF}
+    data, checkpoints = job.mounts
+    assert (data.path, data.writable, data.flag, data.then) == ("datasets/cifar10", False, "--data-dir", ())
+    assert (checkpoints.writable, checkpoints.then) == (True, ("--resume", "auto", "--overwrite"))
+    assert aml.environment_version(REF) == "ef56ef56ef56ef56"
+
+
+def test_more_nodes_than_the_cluster_allows_is_refused():
+    with pytest.raises(aml.SubmitError, match="set MAX_NODES=3"):
+        aml.intent(REF, "src", [], nodes=3, max_nodes=2)
