@@ -28,11 +28,12 @@ SNAPSHOT_MAX_FILES, SNAPSHOT_MAX_BYTES = 2000, 300 * 1024 * 1024  # Azure ML's s
 
 ARM = "https://management.azure.com"
 ARM_SCOPE = f"{ARM}/.default"
-# Azure/acr docs/AAD-OAuth.md: registries may refuse ARM-audience tokens (Azure Policy
-# "Container registries should have ARM audience token authentication disabled"); a token for
-# the registry audience is accepted whether or not that policy is on.
+# A registry may accept only registry-audience tokens (Microsoft Learn, "Disable authentication as
+# ARM token", container-registry-disable-authentication-as-arm; built-in Azure Policy "Container
+# registries should have ARM audience token authentication disabled"); this audience always works.
 REGISTRY_SCOPE = "https://containerregistry.azure.net/.default"
-# Registries - Get (Microsoft.ContainerRegistry), a GA api-version
+# Registries - Get, a stable api-version (Azure/azure-rest-api-specs, containerregistry stable/2023-07-01,
+# examples/RegistryGet.json: the login server is properties.loginServer)
 REGISTRY_API_VERSION = "2023-07-01"
 
 

@@ -177,7 +177,8 @@ def main(argv=None):
     network = f"azureml-{run_id}".lower() if job["processes"] > 1 else None
     try:
         start = time.monotonic()
-        subprocess.run(["docker", "pull", "--quiet", job["image"]], check=True, stdout=subprocess.DEVNULL)
+        if subprocess.run(["docker", "pull", "--quiet", job["image"]], stdout=subprocess.DEVNULL).returncode:
+            raise LocalRunError(f"cannot pull {job['image']}: is the registry running, and was the image pushed there?")
         pulled = time.monotonic()
         if network:
             subprocess.run(["docker", "network", "create", network], check=True, stdout=subprocess.DEVNULL)

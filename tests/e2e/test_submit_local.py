@@ -192,3 +192,24 @@ def test_a_folder_with_only_the_archive_is_read_and_nothing_is_written_back(work
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert sorted(p.name for p in folder.iterdir()) == ["cifar-10-python.tar.gz"]
+
+
+def test_the_rehearsal_reads_mounts_and_ranks_from_the_serialized_v2_job(worktree, registry, pushed):
+    import local_run
+
+    plan = dry_run(worktree, registry, SDK="v2", NODES="2", DATA_PATH="data", CHECKPOINT_PATH="ck/run-1")
+    job = local_run.job_v2(plan)
+    assert job["mounts"] == {
+        "cifar10": ("data", True, "${{inputs.cifar10}}"),
+        "checkpoints": ("ck/run-1", False, "${{outputs.checkpoints}}"),
+    }
+    assert (job["nodes"], job["processes"]) == (2, 2) and job["image"].endswith("@" + pushed)
+    # Azure ML's PyTorch distribution sets these on each process; LOCAL_WORLD_SIZE is not among them
+    assert local_run.rank_variables(job, 1, "node-0") == {
+        "MASTER_ADDR": "node-0",
+        "MASTER_PORT": "29500",
+        "WORLD_SIZE": "2",
+        "RANK": "1",
+        "LOCAL_RANK": "0",
+        "NODE_RANK": "1",
+    }
