@@ -7,7 +7,7 @@ compute, submit. azureml is imported inside them: importing this module costs no
 import os
 from pathlib import Path
 
-from aml import ENV_NAME, INTERPRETER, SCRIPT, SP_VARS, environment_version, login_mode
+from aml import ARM_SCOPE, ENV_NAME, INTERPRETER, SCRIPT, SP_VARS, environment_version, login_mode
 
 
 def build_environment(image_ref):
@@ -123,6 +123,8 @@ def credential(mode):
 def token(auth, scope):  # network
     """An Azure AD access token for scope. azureml-core's public get_token() ignores its scopes and
     always returns an ARM token, so other audiences go through the login's own token call."""
+    if scope == ARM_SCOPE:
+        return auth.get_token().token
     if hasattr(auth, "_get_sp_credential_object"):  # ServicePrincipalAuthentication: azure-identity inside
         return auth._get_sp_credential_object().get_token(scope).token
     return auth._get_resource_token(scope.removesuffix("/.default"))  # interactive, msi

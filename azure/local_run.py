@@ -156,6 +156,17 @@ def prepare(job, run_id, datastore, outputs, snapshot):
     return wd, volumes, argv
 
 
+def docker_run(job, name, env, volumes, network, command):
+    """`docker run` of one process of the job, as the image's user or root, through its entrypoint or not."""
+    docker = ["docker", "run", "--rm", "--name", name, "--shm-size", job["shm_size"], "-w", WD, *volumes]
+    docker += [a for k, v in env.items() for a in ("-e", f"{k}={v}")] + job["docker_args"]
+    docker += ["--network", network] if network else []
+    docker += ["--user", "0:0"] if os.environ.get("LOCAL_USER") == "root" else []
+    if os.environ.get("LOCAL_ENTRYPOINT") == "bypass":
+        return docker + ["--entrypoint", command[0], job["image"], *command[1:]]
+    return docker + [job["image"], *command]
+
+
 def forward(stream, prefix, first_line):
     for line in stream:
         first_line.setdefault("t", time.monotonic())
@@ -184,21 +195,13 @@ def main(argv=None):
             subprocess.run(["docker", "network", "create", network], check=True, stdout=subprocess.DEVNULL)
         names = [f"{network or 'azureml-' + run_id.lower()}-{rank}" for rank in range(job["processes"])]
         procs, threads, first = [], [], [{} for _ in names]
+        print(f"run {run_id}: {shlex.join(command)}", file=sys.stderr)
         for rank, name in enumerate(names):
             env = {**job["environment"], **run_variables(plan["sdk"], run_id, job["experiment"])}
             if network:
                 env.update(rank_variables(job, rank, names[0]))
             env.update({f"AZUREML_DATAREFERENCE_{n}": f"{DATA}/{n}" for n in job["mounts"] if plan["sdk"] == "v1"})
-            docker = ["docker", "run", "--rm", "--name", name, "--shm-size", job["shm_size"], "-w", WD, *volumes]
-            docker += [a for k, v in env.items() for a in ("-e", f"{k}={v}")] + job["docker_args"]
-            docker += ["--network", network] if network else []
-            docker += ["--user", "0:0"] if os.environ.get("LOCAL_USER") == "root" else []
-            if os.environ.get("LOCAL_ENTRYPOINT") == "bypass":
-                docker += ["--entrypoint", command[0], job["image"], *command[1:]]
-            else:
-                docker += [job["image"], *command]
-            if rank == 0:
-                print(f"run {run_id}: {shlex.join(command)}", file=sys.stderr)
+            docker = docker_run(job, name, env, volumes, network, command)
             p = subprocess.Popen(docker, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             prefix = f"[rank {rank}] " if rank else ""
             threads.append(threading.Thread(target=forward, args=(p.stdout, prefix, first[rank])))
