@@ -15,9 +15,14 @@ service=submit
 # Python in the image does the Azure work; -T: its stdout is data here, not a terminal.
 aml() { docker compose --profile azure run --rm -T "$service" "$@"; }
 
+if [ "$COMPUTE" = local ] && [ -z "${REGISTRY:-}" ]; then
+  echo "error: COMPUTE=local pulls the image by digest from a registry:" \
+    "set REGISTRY=HOST:PORT (e.g. a docker-registry on 127.0.0.1)" >&2
+  exit 1
+fi
 aml check-source
 if [ "$COMPUTE" = local ]; then
-  registry=${REGISTRY:?COMPUTE=local pulls the image by digest from a registry: set REGISTRY=HOST:PORT (a registry on 127.0.0.1, e.g. Debian package docker-registry)}
+  registry=$REGISTRY
 elif [ -n "${DRY_RUN:-}" ]; then
   registry=${REGISTRY:-workspace-registry.azurecr.io}  # stands in for the workspace's
 else

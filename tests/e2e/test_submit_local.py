@@ -213,3 +213,16 @@ def test_the_rehearsal_reads_mounts_and_ranks_from_the_serialized_v2_job(worktre
         "LOCAL_RANK": "0",
         "NODE_RANK": "1",
     }
+
+
+def test_compute_local_without_a_registry_is_one_clear_error_before_any_push(worktree):
+    r = subprocess.run(
+        ["bash", "azure/submit.sh"],
+        cwd=worktree,
+        env={k: v for k, v in environment(worktree, "unused").items() if k != "REGISTRY"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode != 0 and "COMPUTE=local pulls the image by digest from a registry: set REGISTRY=" in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr  # one line, before any container starts
