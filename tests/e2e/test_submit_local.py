@@ -44,7 +44,15 @@ def pushed(worktree, registry):
     ref = subprocess.run(
         ["bash", "azure/publish.sh", IMAGE, registry], cwd=worktree, check=True, capture_output=True, text=True
     ).stdout.strip()
-    return ref.split("@")[1]
+    yield ref.split("@")[1]
+    # Untag what the pushes and pulls added here (the layers stay: they are IMAGE's)
+    refs = subprocess.run(
+        ["docker", "image", "ls", "--digests", "--format", "{{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    mine = {r for r in refs if r.startswith(f"{registry}/") and not r.endswith("<none>")}
+    subprocess.run(["docker", "image", "rm", *mine], capture_output=True)
 
 
 def environment(worktree, registry, **env):
