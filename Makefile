@@ -12,7 +12,8 @@ HOST_VENV    ?= .venv-host
 TRAIN_ARGS   ?= --epochs $(EPOCHS)
 PROCS        ?= 2
 
-# Files written into the mounted folders belong to whoever runs make.
+# `make submit` runs the Azure SDK as whoever runs make: the token cache in ~/.azure stays theirs.
+# (Training needs none of this: the image runs as the owner of ./outputs, see docs/runtime.md.)
 export LOCAL_UID := $(shell id -u)
 export LOCAL_GID := $(shell id -g)
 export IMAGE DATA_DIR OUTPUTS_DIR CHECKPOINTS_DIR TRAIN_ARGS
