@@ -51,6 +51,18 @@ def write_cifar10(root, per_batch=20, seed=0, archive=False):
     return sums
 
 
+def fixture_sums(root):
+    """{file name: md5} of the fixture in root, read from cifar-10-batches-py/ or else from the .tar.gz
+    (without extracting it: the data folder may be read-only)."""
+    root = Path(root)
+    folder, tgz = root / "cifar-10-batches-py", root / "cifar-10-python.tar.gz"
+    if not tgz.is_file():
+        return {p.name: md5(p) for p in folder.iterdir()}
+    with tarfile.open(tgz) as tar:
+        sums = {Path(m.name).name: hashlib.md5(tar.extractfile(m).read()).hexdigest() for m in tar if m.isfile()}
+    return {**sums, "cifar-10-python.tar.gz": md5(tgz)}
+
+
 def expect_checksums(cifar10_cls, sums):
     """Make torchvision's CIFAR10 expect the fixture's md5s (its real check then runs on them)."""
     cifar10_cls.train_list = [[name, sums[name]] for name in TRAIN]
