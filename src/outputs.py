@@ -109,7 +109,8 @@ def plot(metrics_path, png_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines()]
+    lines = Path(metrics_path).read_text().splitlines() if Path(metrics_path).exists() else []
+    rows = [json.loads(line) for line in lines]  # none when a finished run is resumed into a new folder
     loss = [(r["step"], r["value"]) for r in rows if r["name"] == "loss"]
     acc = [(r["epoch"], r["value"]) for r in rows if r["name"] == "test/accuracy"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
