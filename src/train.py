@@ -276,13 +276,13 @@ def setup(args, ddp):
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "running_loss": 0.0, "train_seconds": 0.0}
     if resume:
         state = checkpoints.restore(resume, model, optimizer)
-        say = print if ddp.main else (lambda *_: None)
-        say(f"resumed from {resume} at epoch {state['epoch'] + 1}, step {state['global_step']}")
     # Only rank 0 records: the other ranks neither look for a tracker nor fingerprint the packages.
     metrics = Metrics(out_dir, azureml_run(), mlflow_tracking()) if ddp.main else Metrics(None)
     info = provenance() if ddp.main else {}
     net = DistributedDataParallel(model) if ddp.on else model  # DDP: rank 0's weights to all, grads averaged
     run = Run(args, ddp, device, train_data, model, net, optimizer, checkpoints, metrics, state, info)
+    if resume:
+        run.say(f"resumed from {resume} at epoch {state['epoch'] + 1}, step {state['global_step']}")
     config = {**vars(args), "device": device.name, "threads": torch.get_num_threads(), "world": ddp.world}
     if ddp.on:  # what each rank took of this node's cores
         config.update(ranks_on_node=ddp.local_world, threads_per_rank=ddp.gather(torch.get_num_threads()))
