@@ -1,8 +1,9 @@
 """Writes a small CIFAR-10 in the real on-disk format (cifar-10-batches-py pickles).
 
 Used by the unit tests (imported) and by the end-to-end tests (run inside the image):
-    python tests/cifar_fixture.py DATA_DIR [IMAGES_PER_BATCH]
+    python tests/cifar_fixture.py DATA_DIR [IMAGES_PER_BATCH] [--archive]
 It prints the md5 of every file as JSON, the values torchvision's integrity check expects.
+--archive leaves only cifar-10-python.tar.gz, as a data set uploaded the way the README offers.
 """
 
 import hashlib
@@ -73,5 +74,6 @@ def expect_checksums(cifar10_cls, sums):
 
 
 if __name__ == "__main__":
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 20
-    print(json.dumps(write_cifar10(sys.argv[1], per_batch=n)))
+    args = [a for a in sys.argv[1:] if a != "--archive"]
+    n = int(args[1]) if len(args) > 1 else 20
+    print(json.dumps(write_cifar10(args[0], per_batch=n, archive="--archive" in sys.argv)))
