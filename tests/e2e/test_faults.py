@@ -18,11 +18,12 @@ from e2e_env import compose_env
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = f"{ROOT / 'tests'}:/app/tests:ro"
 # A checkpoint is ~500 KB (weights + momentum), model.pt ~250 KB, metrics.jsonl a few KB.
-FULL = {  # folder: (tmpfs bytes, flags, the flag naming it)
-    "checkpoints": (1_300_000, "--checkpoint-every 10", "--checkpoint-dir"),  # two checkpoints fit, not a third
-    "outputs": (128_000, "--checkpoint-every 0", "--output-dir"),  # metrics.jsonl fits, model.pt does not
+FULL = {  # what fills up: (folder, tmpfs bytes, flags, the flag naming the folder)
+    "checkpoint": ("checkpoints", 1_300_000, "--checkpoint-every 10", "--checkpoint-dir"),  # room for 2, not 3
+    "model.pt": ("outputs", 128_000, "--checkpoint-every 0", "--output-dir"),  # metrics.jsonl fits, model.pt not
+    "metrics.jsonl": ("outputs", 4096, "--checkpoint-every 10 --log-interval 1", "--output-dir"),  # ~100 B a line
 }
-FLAGS = "--epochs 1 --fake-data 200 --log-interval 10 --threads 1"
+FLAGS = "--epochs 1 --fake-data 200 --log-interval 10 --threads 1"  # a case's own flags come later and win
 # In one container (a tmpfs lives as long as it): train until the disk is full, show what is left,
 # then resume from the last checkpoint with room to spare.
 SCRIPT = """
@@ -47,9 +48,9 @@ def compose_run(dirs, tmp_path, mount, *args):
     return r.stdout
 
 
-@pytest.mark.parametrize("folder", ["checkpoints", "outputs"])
-def test_a_full_disk_is_one_line_exit_1_and_the_previous_checkpoint_resumes(folder, dirs, tmp_path):
-    size, flags, flag = FULL[folder]
+@pytest.mark.parametrize("filling", FULL)
+def test_a_full_disk_is_one_line_exit_1_and_the_previous_checkpoint_resumes(filling, dirs, tmp_path):
+    folder, size, flags, flag = FULL[filling]
     tmpfs = f"{{type: tmpfs, target: /work/{folder}, tmpfs: {{size: {size}}}}}"
     script = SCRIPT.format(flags=f"{FLAGS} {flags}", folder=folder)
     out = compose_run(dirs, tmp_path, tmpfs, "train", "sh", "-c", script)
@@ -57,6 +58,7 @@ def test_a_full_disk_is_one_line_exit_1_and_the_previous_checkpoint_resumes(fold
     stderr, rest = rest.split("--- left\n")
     left, resumed = rest.split("--- resume\n")
     assert first.rstrip().endswith("rc=1"), out
+    assert ("Finished Training" in first) == (filling == "model.pt"), out  # the others fail mid-epoch
     assert stderr == (
         f"error: cannot write to {folder}/ (No space left on device): "
         f"free space there (or mount a larger volume), or pass another {flag}\n"
