@@ -42,7 +42,7 @@ class Metrics:
         self.path = Path(out_dir) / "metrics.jsonl" if out_dir is not None else None
         self.run = run
         self.mlflow = None if run is not None else mlflow  # one tracker: no metric twice in Studio
-        self.start = time.time()
+        self.start_time = time.time()
         self.last = {}
 
     def log(self, name, value, step, epoch):
@@ -55,7 +55,7 @@ class Metrics:
             "value": value,
             "step": step,
             "epoch": epoch,
-            "time": round(time.time() - self.start, 3),
+            "time": round(time.time() - self.start_time, 3),
         }
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -64,17 +64,17 @@ class Metrics:
         elif self.mlflow is not None:
             self.mlflow.log_metric(name, value, step=step)
 
-    def tag(self, tags):
+    def start(self, params, tags):
         """Hyperparameters and provenance, once per run, as run tags (strings)."""
         if self.path is None:
             return
-        tags = {k: str(v) for k, v in tags.items()}
+        tags = {k: str(v) for k, v in {**params, **tags}.items()}
         if self.run is not None:
             self.run.set_tags(tags)
         elif self.mlflow is not None:
             self.mlflow.set_tags(tags)
 
-    def close(self):
+    def close(self, artifacts=()):
         """End an MLflow run this process started (Azure ML ends the job's own run, MLFLOW_RUN_ID)."""
         if self.mlflow is not None and not os.environ.get("MLFLOW_RUN_ID") and self.mlflow.active_run():
             self.mlflow.end_run()
