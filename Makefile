@@ -27,7 +27,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build build-submit-v2 train train-ddp train-2node dirs submit test test-unit test-e2e lint lock bench bench-ddp bench-image clean
+.PHONY: ui build-tracking lock-mlflow help build build-submit-v2 train train-ddp train-2node dirs submit test test-unit test-e2e lint lock bench bench-ddp bench-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -73,6 +73,28 @@ lock: ## re-resolve docker/requirements.in into docker/requirements.lock (in a c
 	docker buildx build -f docker/Dockerfile --target lock --output type=local,dest=docker \
 	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
+
+# ---- h3-tracking (issue 11): the local MLflow server ----
+IMAGE_MLFLOW  ?= cifar10-mlflow:local
+IMAGE_BROWSER ?= cifar10-browser:local
+export IMAGE_MLFLOW IMAGE_BROWSER
+# make train MLFLOW=1: log the run to the compose MLflow server (`make ui` starts it).
+ifdef MLFLOW
+export MLFLOW_TRACKING_URI ?= http://mlflow:5000
+endif
+
+ui: ## start the MLflow tracking server and its UI (127.0.0.1:5000); then: make train MLFLOW=1
+	$(COMPOSE) --profile tracking up -d --build --wait mlflow
+	@echo "MLflow UI: http://$$($(COMPOSE) --profile tracking port mlflow 5000)"
+
+build-tracking: ## the MLflow server's image and the headless browser the tracking test uses
+	$(COMPOSE) --profile tracking --profile browser build mlflow browser
+
+lock-mlflow: ## re-resolve docker/mlflow.in into docker/mlflow.lock (in a container)
+	docker buildx build -f docker/mlflow.Dockerfile --target lock --output type=local,dest=docker \
+	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
+# ---- end h3-tracking ----
 
 bench: build ## training throughput: the tutorial's data pipeline vs ours, in the image
 	$(COMPOSE) run --rm -v $(CURDIR)/bench:/app/bench:ro -v $(CURDIR)/tests:/app/tests:ro \
