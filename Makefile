@@ -65,9 +65,10 @@ test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the 
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
 	$(PYTEST) -p no:cacheprovider tests/e2e
 
-lint: $(HOST_VENV) ## ruff over src, tests, bench, azure
+lint: $(HOST_VENV) ## ruff over src, tests, bench, azure; actionlint over .github/workflows
 	$(HOST_VENV)/bin/ruff check src tests bench azure
 	$(HOST_VENV)/bin/ruff format --check src tests bench azure
+	$(HOST_VENV)/bin/actionlint -no-color .github/workflows/*.yml
 
 lock: ## re-resolve docker/requirements.in into docker/requirements.lock (in a container)
 	docker buildx build -f docker/Dockerfile --target lock --output type=local,dest=docker \
