@@ -9,6 +9,7 @@ A tracker never stops a run: the first failure prints one line and tracking is o
 """
 
 import json
+import logging
 import os
 import sys
 import time
@@ -58,6 +59,10 @@ def mlflow_tracking():
         import mlflow
     except ImportError:
         return None
+    # Context MLflow cannot have here and warns about at every run: git (not in the image) and a
+    # user name for a uid without a passwd entry (any uid runs the image). The run lacks neither.
+    for name in ("mlflow.utils.git_utils", "mlflow.tracking.context.registry"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     return mlflow
 
 
@@ -110,6 +115,8 @@ class Metrics:
         try:
             if not os.environ.get("MLFLOW_RUN_ID"):  # Azure ML v2 gives its job's run; else our own
                 self.mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT)
+                # The UI then opens on training runs and their charts, not on GenAI traces.
+                self.mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
                 self.mlflow.start_run()
                 self.own_run = True
             self.mlflow.log_params(params)
