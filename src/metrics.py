@@ -91,9 +91,10 @@ class Metrics:
 
     def tracking_off(self, error):
         """Say once why, then go on without the tracker: metrics.jsonl still has everything."""
-        uri = os.environ.get("MLFLOW_TRACKING_URI", "Azure ML")
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or "Azure ML"
         detail = " ".join(str(error).split())[:200]
-        print(f"tracking off: {uri} failed ({detail}); the run goes on, metrics.jsonl keeps them", file=sys.stderr)
+        fix = "; `make ui` starts the local server" if uri.startswith("http://mlflow:") else ""
+        print(f"tracking off: {uri} failed ({detail}); the run goes on, metrics.jsonl records it{fix}", file=sys.stderr)
         self.run = self.mlflow = None
 
     def start(self, params, tags):
