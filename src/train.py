@@ -416,7 +416,7 @@ def finish(run):
         "final": run.metrics.last,
         "train_seconds": round(seconds, 3),
         "images_per_sec": round(run.args.epochs * len(run.data.x) / seconds, 1) if seconds else None,
-        "wall_seconds": round(time.time() - run.metrics.start_time, 3),
+        "wall_seconds": round(time.time() - run.metrics.t0, 3),
         "weights_sha256": outputs.weights_fingerprint(run.model.state_dict()),
         **run.info,
     }

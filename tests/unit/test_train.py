@@ -263,7 +263,7 @@ def test_metrics_go_to_mlflow_where_azure_ml_sets_a_tracking_uri(tmp_path, monke
     history = mlflow.tracking.MlflowClient().get_metric_history(runs[0].info.run_id, "loss")
     assert [m.step for m in history] == [10, 20]
     assert history[-1].value == pytest.approx(metric(tmp_path / "out", "loss")[-1])
-    assert runs[0].data.tags["batch_size"] == "4" and len(runs[0].data.tags["packages_sha256"]) == 16
+    assert runs[0].data.params["batch_size"] == "4" and len(runs[0].data.tags["packages_sha256"]) == 16
 
 
 def test_outside_azure_the_offline_run_is_not_used_and_nothing_extra_is_printed(tmp_path, capsys):
