@@ -11,8 +11,16 @@ HOST_VENV    ?= .venv-host
 # MAX_NODES, LOW_PRIORITY, EXPERIMENT, SHM_SIZE, DATASTORE, DATA_PATH, CHECKPOINT_PATH, WAIT)
 TRAIN_ARGS   ?= --epochs $(EPOCHS)
 PROCS        ?= 2
+IMAGE_MLFLOW  ?= cifar10-mlflow:local
+IMAGE_BROWSER ?= cifar10-browser:local
+export IMAGE_MLFLOW IMAGE_BROWSER
+# make train MLFLOW=1: log the run to the compose MLflow server (`make ui` starts it).
+ifdef MLFLOW
+export MLFLOW_TRACKING_URI ?= http://mlflow:5000
+endif
 
-# Files written into the mounted folders belong to whoever runs make.
+# `make submit` runs the Azure SDK as whoever runs make: the token cache in ~/.azure stays theirs.
+# (Training needs none of this: the image runs as the owner of ./outputs, see docs/runtime.md.)
 export LOCAL_UID := $(shell id -u)
 export LOCAL_GID := $(shell id -g)
 export IMAGE DATA_DIR OUTPUTS_DIR CHECKPOINTS_DIR TRAIN_ARGS
@@ -27,10 +35,10 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build build-submit-v2 train train-ddp train-2node dirs submit test test-unit test-e2e lint lock bench bench-ddp bench-image clean
+.PHONY: help build build-submit-v2 build-tracking ui lock-mlflow train train-ddp train-2node dirs submit test test-unit test-e2e lint lock bench bench-ddp bench-image clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 build: ## build the training image ($(IMAGE))
 	$(COMPOSE) build train
@@ -55,7 +63,7 @@ submit: build $(if $(filter v2,$(SDK)),build-submit-v2) ## push by digest, submi
 build-submit-v2: ## the image that submits with SDK v2 (azure-ai-ml), kept apart from the runtime
 	$(COMPOSE) --profile azure build submit-v2
 
-test: lint build build-submit-v2 test-unit test-e2e ## lint, build, unit tests in the images, end-to-end tests
+test: lint build build-submit-v2 build-tracking test-unit test-e2e ## lint, build, unit tests in the images, end-to-end tests
 
 test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the submit-v2 image)
 	$(COMPOSE) run --rm test
@@ -65,12 +73,26 @@ test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the 
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
 	$(PYTEST) -p no:cacheprovider tests/e2e
 
-lint: $(HOST_VENV) ## ruff over src, tests, bench, azure
+lint: $(HOST_VENV) ## ruff over src, tests, bench, azure; actionlint over .github/workflows
 	$(HOST_VENV)/bin/ruff check src tests bench azure
 	$(HOST_VENV)/bin/ruff format --check src tests bench azure
+	$(HOST_VENV)/bin/actionlint -no-color .github/workflows/*.yml
 
 lock: ## re-resolve docker/requirements.in into docker/requirements.lock (in a container)
 	docker buildx build -f docker/Dockerfile --target lock --output type=local,dest=docker \
+	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
+
+
+ui: ## start the MLflow tracking server and its UI (127.0.0.1:5000); then: make train MLFLOW=1
+	$(COMPOSE) --profile tracking up -d --build --wait mlflow
+	@echo "MLflow UI: http://$$($(COMPOSE) --profile tracking port mlflow 5000)"
+
+build-tracking: ## the MLflow server's image and the headless browser the tracking test uses
+	$(COMPOSE) --profile tracking --profile browser build mlflow browser
+
+lock-mlflow: ## re-resolve docker/mlflow.in into docker/mlflow.lock (in a container)
+	docker buildx build -f docker/mlflow.Dockerfile --target lock --output type=local,dest=docker \
 	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
 

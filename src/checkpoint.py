@@ -1,23 +1,22 @@
-"""Self-describing checkpoints, written atomically, loaded with weights_only=True."""
+"""Checkpoints end to end: file names, format, rotation, save, restore into model and optimizer.
 
-import os
+A checkpoint is one self-describing dict (weights, optimizer, RNG, loop state, recipe), written
+by rank 0 atomically and durably, loaded with weights_only=True, refused if its recipe differs.
+"""
+
 from pathlib import Path
 
 import torch
 
+from errors import TrainerError
+from outputs import save_torch
+
 FORMAT = 1
+KEEP = 2  # a crash or a full disk while writing one still leaves the one before it
 
 
-class CheckpointError(Exception):
+class CheckpointError(TrainerError):
     """A checkpoint that cannot be used; the message says what to do instead."""
-
-
-def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def find_latest(ckpt_dir):
@@ -50,3 +49,40 @@ def load_checkpoint(path, recipe):
             f"pass the same flags, or another --checkpoint-dir to start afresh"
         )
     return ckpt
+
+
+class Checkpoints:
+    """The checkpoints of one run in `folder`; only the process with `write=True` (rank 0) writes."""
+
+    def __init__(self, folder, recipe, write=True):
+        self.folder, self.recipe, self.write = Path(folder), recipe, write
+
+    def save(self, model, optimizer, state):
+        """Write step-<global step>.pt, then drop all but the newest KEEP; the path, or None if not ours."""
+        if not self.write:
+            return None
+        path = self.folder / f"step-{state['global_step']:08d}.pt"
+        ckpt = {
+            "format": FORMAT,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "state": dict(state),
+            "recipe": self.recipe,
+        }
+        save_torch(ckpt, path, "--checkpoint-dir")
+        for old in sorted(self.folder.glob("step-*.pt"))[:-KEEP]:
+            old.unlink()
+        return path
+
+    def resolve(self, resume):
+        """--resume's value as a path: 'auto' is the newest here (None: start afresh)."""
+        return find_latest(self.folder) if resume == "auto" else (Path(resume) if resume else None)
+
+    def restore(self, path, model, optimizer):
+        """Load `path` into model and optimizer, set torch's RNG; returns the loop state it recorded."""
+        ckpt = load_checkpoint(path, self.recipe)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"])
+        return ckpt["state"]

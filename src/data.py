@@ -3,50 +3,119 @@
 The fast path (default) shuffles with torch.randperm and slices whole batches out of
 one tensor, as airbench does: no per-image PIL work, no worker processes. The
 tutorial's DataLoader pipeline stays available for comparison; both apply the same
-arithmetic (ToTensor then Normalize(0.5, 0.5)) so they see the same numbers.
+arithmetic (ToTensor, and with --normalize Normalize(0.5, 0.5)) so they see the same numbers.
+
+The data folder is only read: it may be a read-only mount (Azure ML v2's ro_mount) or one
+that must not be written back (v1). A folder holding only the .tar.gz is verified and
+extracted into a local scratch folder ($TMPDIR); only a download writes into it.
 """
 
+import os
+import shutil
+import tempfile
 import urllib.error
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
+from torchvision.datasets.utils import check_integrity, extract_archive
+
+from errors import TrainerError
 
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 BASE_FOLDER = datasets.CIFAR10.base_folder  # "cifar-10-batches-py"
 ARCHIVE = datasets.CIFAR10.filename  # "cifar-10-python.tar.gz"
-TUTORIAL_TRANSFORM = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+FAKE = "pass --fake-data N to train on synthetic images"
 
 
-class DataError(Exception):
+class DataError(TrainerError):
     """A data problem the user can fix; its message says how."""
 
 
-def open_cifar10(root, train, download=True, transform=None):
-    """torchvision's CIFAR10 over `root`, with its integrity check, or a DataError.
+def transform(normalize=False):
+    """The Azure tutorial's per-image transform (ToTensor); the blitz tutorial's adds Normalize."""
+    steps = [transforms.ToTensor()]
+    if normalize:
+        steps.append(transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+    return transforms.Compose(steps)
 
-    `root` may hold cifar-10-batches-py (extracted) or only the .tar.gz (as a mounted
-    Azure dataset may): torchvision verifies the archive's md5 and extracts it offline.
-    """
-    root = Path(root)
-    try:
-        return datasets.CIFAR10(root, train=train, download=False, transform=transform)
-    except RuntimeError:
-        pass  # absent, partial or corrupt: the download below verifies and repairs
-    if not download:
+
+TUTORIAL_TRANSFORM = transform()
+
+
+def files(folder):
+    """(path, md5) of every file torchvision's CIFAR10 checks, under folder/cifar-10-batches-py."""
+    c = datasets.CIFAR10
+    listed = [*c.train_list, *c.test_list, [c.meta["filename"], c.meta["md5"]]]
+    return [(Path(folder) / BASE_FOLDER / name, md5) for name, md5 in listed]
+
+
+def first_bad_file(folder):
+    """The first file missing or failing its md5 check, or None when the extracted set is intact."""
+    return next((path for path, md5 in files(folder) if not check_integrity(path, md5)), None)
+
+
+def scratch_folder():
+    """Where an archive is extracted: local, writable, and the same for every rank of a node."""
+    return Path(tempfile.gettempdir()) / "cifar10-extracted"
+
+
+def extract(archive, scratch):
+    """Verify `archive` (torchvision's md5) and extract it into `scratch`, atomically by rename."""
+    if not check_integrity(archive, datasets.CIFAR10.tgz_md5):
         raise DataError(
-            f"CIFAR-10 is missing or corrupt in {root}/{BASE_FOLDER}: "
-            f"remove it and rerun with network access, or pass --fake-data N"
+            f"{archive} failed its md5 check (a partial copy, or another file): "
+            f"replace it with CIFAR-10's {ARCHIVE}, or remove it to download, or {FAKE}"
+        )
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix="cifar10-extracting-", dir=scratch.parent))
+    try:
+        extract_archive(str(archive), str(partial))
+        shutil.rmtree(scratch, ignore_errors=True)
+        os.replace(partial, scratch)
+    except OSError as e:
+        raise DataError(
+            f"cannot extract {archive} into {scratch.parent}/ ({e.strerror or e}): "
+            f"free 200 MB there, or point TMPDIR at a folder that has it"
+        ) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    print(f"data: extracted {archive} into {scratch}", flush=True)
+
+
+def prepare(root, download=True):
+    """The folder that holds an intact cifar-10-batches-py: `root` itself, or the scratch folder
+    holding its archive's extraction, or `root` after a download. Writes into `root` only to download."""
+    root = Path(root)
+    bad = first_bad_file(root)
+    if bad is None:
+        return root
+    if (root / ARCHIVE).is_file():
+        scratch = scratch_folder()
+        if first_bad_file(scratch) is not None:  # another rank of this node may have done it
+            extract(root / ARCHIVE, scratch)
+        return scratch
+    if not download:
+        found = "missing" if not bad.exists() else "corrupt"
+        raise DataError(
+            f"CIFAR-10 is missing or corrupt in {root}/{BASE_FOLDER}: {bad} is {found} (md5 check); "
+            f"put the data set or {ARCHIVE} there, rerun with network access, or {FAKE}"
         )
     try:
-        return datasets.CIFAR10(root, train=train, download=True, transform=transform)
+        datasets.CIFAR10(root, train=True, download=True)
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         reason = getattr(e, "reason", None) or e
         raise DataError(
             f"CIFAR-10 is missing or corrupt in {root} and could not be downloaded ({reason}): "
-            f"put {BASE_FOLDER}/ or {ARCHIVE} there, or pass --fake-data N to train on synthetic images"
+            f"put {BASE_FOLDER}/ or {ARCHIVE} there, or {FAKE}"
         ) from None
+    return root
+
+
+def open_cifar10(folder, train, transform=None):
+    """torchvision's own CIFAR10 reader over a folder that prepare() returned."""
+    return datasets.CIFAR10(folder, train=train, download=False, transform=transform)
 
 
 def to_tensors(dataset):
@@ -62,12 +131,13 @@ def fake_cifar10(n, seed):
     return x, torch.randint(0, 10, (n,), generator=g)
 
 
-def normalize(x):
-    """ToTensor + Normalize((0.5,)*3, (0.5,)*3) on a whole uint8 batch, same float ops."""
-    return x.float().div(255).sub(0.5).div(0.5)
+def to_float(x, normalize=False):
+    """ToTensor (and Normalize((0.5,)*3, (0.5,)*3)) on a whole uint8 batch: the same float ops."""
+    x = x.float().div(255)
+    return x.sub(0.5).div(0.5) if normalize else x
 
 
-def fast_batches(x, y, batch_size, order, rank=0, world=1):
+def fast_batches(x, y, batch_size, order, rank=0, world=1, normalize=False):
     """Every sample once, in `order` (a permutation), in slices of batch_size.
 
     With several ranks, each global batch is split into `world` disjoint shares and this rank
@@ -75,7 +145,7 @@ def fast_batches(x, y, batch_size, order, rank=0, world=1):
     """
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size].tensor_split(world)[rank]
-        yield normalize(x[idx]), y[idx]
+        yield to_float(x[idx], normalize), y[idx]
 
 
 class TensorImages(Dataset):
@@ -93,6 +163,6 @@ class TensorImages(Dataset):
 
 
 def tutorial_loader(dataset, batch_size, order, workers=2):
-    """The tutorial's pipeline: per-image PIL -> ToTensor -> Normalize in DataLoader workers,
+    """The tutorial's pipeline: per-image PIL -> ToTensor (-> Normalize) in DataLoader workers,
     drawing samples in `order` (the tutorial's shuffle=True draws a fresh randperm the same way)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=workers)

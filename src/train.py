@@ -1,150 +1,131 @@
-"""Train the PyTorch CIFAR-10 tutorial's Net: same recipe and loss lines by default.
+"""Train the Azure ML tutorial's CIFAR-10 Net: same recipe, same `loss` metric and lines by default.
 
-    python train.py                      # the tutorial: 2 epochs, batch 4, SGD(0.001, 0.9)
+    python train.py                      # the tutorial: 2 epochs, batch 4, SGD(0.001, 0.9), ToTensor inputs
+    python train.py --normalize          # the PyTorch blitz tutorial's inputs: Normalize((0.5,)*3, (0.5,)*3)
     python train.py --fake-data 2000     # no data set needed: synthetic images, same path
     python train.py --resume auto        # continue from the latest checkpoint
 
-Runs the same under `docker compose run train` and on Azure ML (ScriptRunConfig).
+Runs the same under `docker compose run train` and on Azure ML (ScriptRunConfig / command job).
+Exit status: 0 done, 1 a problem the message explains, 2 bad flags, 75 stopped by a signal after a checkpoint.
 """
 
 import argparse
-import hashlib
 import json
+import math
 import os
-import re
-import signal
 import sys
 import time
 from contextlib import nullcontext
-from datetime import timedelta
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import data
-from checkpoint import CheckpointError, find_latest, load_checkpoint, save_atomic
+import outputs
+from checkpoint import Checkpoints
+from distributed import Distributed, StopFlag
+from errors import TrainerError
 from metrics import Metrics, azureml_run, mlflow_tracking
 from model import Net
 from provenance import provenance
 
+EXIT_BAD_FLAGS = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal, checkpoint saved, rerun with --resume
 # The flags that define the math; a checkpoint made with other values is refused.
 # --epochs is not among them: resuming with more epochs extends a run.
-RECIPE = ("batch_size", "lr", "momentum", "seed", "fake_data")
+RECIPE = ("batch_size", "lr", "momentum", "seed", "fake_data", "normalize")
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, not argparse's usage + error: every bad flag reads like every other error."""
+        self.exit(EXIT_BAD_FLAGS, f"error: {message} (see --help)\n")
 
 
-def positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+def integer(low, high=None):
+    """An argparse type: an int in [low, high]."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return parse
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--epochs", type=positive_int, default=2, help="passes over the training set")
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=4,
-        help="images per SGD step (with several processes: in all, shared among them)",
-    )
-    p.add_argument("--lr", type=positive_float, default=0.001, help="SGD learning rate")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and shuffling (CPU runs repeat exactly)")
-    p.add_argument(
-        "--data-dir",
-        default="data",
-        help="holds cifar-10-batches-py/ or cifar-10-python.tar.gz; downloaded there if absent",
-    )
-    p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
-    p.add_argument(
-        "--fake-data",
-        type=int,
-        default=0,
-        metavar="N",
-        help="train on N synthetic images (test on N/5) instead of CIFAR-10; 0 = real data",
-    )
-    p.add_argument(
-        "--output-dir", default="outputs", help="weights, metrics, summary, plot (Azure ML uploads ./outputs)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="allow replacing a finished run's results in --output-dir")
-    p.add_argument(
-        "--checkpoint-dir",
-        default="checkpoints",
-        help="where checkpoints go (on Azure ML: a mounted datastore path that survives preemption)",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=2000,
-        metavar="STEPS",
-        help="also checkpoint every this many steps (0 = only at epoch ends and on SIGTERM/SIGINT)",
-    )
-    p.add_argument(
-        "--resume",
-        default=None,
-        metavar="PATH|auto",
-        help="a checkpoint file, or 'auto': the latest in --checkpoint-dir (a fresh start if there is none)",
-    )
-    p.add_argument(
-        "--log-interval", type=positive_int, default=2000, help="print the running loss every this many mini-batches"
-    )
-    p.add_argument(
-        "--pipeline",
-        choices=("fast", "tutorial"),
-        default="fast",
-        help="fast: decoded tensors, randperm + slicing; tutorial: per-image PIL transforms in a DataLoader",
-    )
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (--pipeline tutorial only)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available, else cpu"
-    )
-    p.add_argument(
-        "--progress", choices=("auto", "on", "off"), default="auto", help="live progress bar (auto = on a TTY)"
-    )
-    p.add_argument(
-        "--dist-timeout",
-        type=positive_int,
-        default=120,
-        help="seconds a rank waits for the others before giving up (torchrun / Azure ML multi-process runs)",
-    )
-    return p.parse_args(argv)
+def real(ok, bounds):
+    """An argparse type: a finite float for which ok(value) holds; `bounds` says which in words."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    return 1
+def folder(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    return text
 
 
-def load_data(args):
-    """(x_train, y_train, x_test, y_test, tutorial datasets or None)."""
-    if args.fake_data:
-        x, y = data.fake_cifar10(args.fake_data, seed=args.seed)
-        xt, yt = data.fake_cifar10(max(args.fake_data // 5, 1), seed=args.seed + 1)
-        sets = (data.TensorImages(x, y, data.TUTORIAL_TRANSFORM), None)
-        return x, y, xt, yt, sets
-    transform = data.TUTORIAL_TRANSFORM if args.pipeline == "tutorial" else None
-    download = not args.no_download
-    train_set = data.open_cifar10(args.data_dir, train=True, download=download, transform=transform)
-    test_set = data.open_cifar10(args.data_dir, train=False, download=download, transform=transform)
-    x, y = data.to_tensors(train_set)
-    xt, yt = data.to_tensors(test_set)
-    return x, y, xt, yt, (train_set, test_set)
+def resume_from(text):
+    if text != "auto" and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file; give an existing checkpoint or 'auto'")
+    return text
+
+
+def build_parser():
+    p = Parser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = p.add_argument
+    add("--epochs", type=integer(1), default=2, help="passes over the training set")
+    add("--batch-size", type=integer(1), default=4, help="images per SGD step (with several processes: in all)")
+    add("--lr", type=real(lambda v: v > 0, "> 0"), default=0.001, help="SGD learning rate")
+    add("--momentum", type=real(lambda v: 0 <= v < 1, "in [0, 1)"), default=0.9, help="SGD momentum")
+    add("--seed", type=integer(0, 2**32 - 1), default=0, help="seeds weights and shuffling (CPU runs repeat exactly)")
+    add("--normalize", action="store_true", help="also Normalize((0.5,)*3, (0.5,)*3), as the PyTorch blitz tutorial")
+    add("--data-dir", type=folder, default="data", help="holds cifar-10-batches-py/ or cifar-10-python.tar.gz")
+    add("--no-download", action="store_true", help="fail instead of downloading CIFAR-10 into --data-dir")
+    add("--fake-data", type=integer(0), default=0, metavar="N", help="train on N synthetic images; 0 = CIFAR-10")
+    add("--output-dir", type=folder, default="outputs", help="weights, metrics, summary, plot (Azure ML uploads it)")
+    add("--overwrite", action="store_true", help="allow replacing a finished run's results in --output-dir")
+    add("--checkpoint-dir", type=folder, default="checkpoints", help="where checkpoints go (a mount that survives)")
+    add("--checkpoint-every", type=integer(0), default=2000, metavar="STEPS", help="also every STEPS steps; 0 = never")
+    add("--resume", type=resume_from, metavar="PATH|auto", help="a checkpoint, or 'auto': the latest, if any")
+    add("--log-interval", type=integer(1), default=2000, help="log the running loss every this many mini-batches")
+    add("--pipeline", choices=("fast", "tutorial"), default="fast", help="tutorial: PIL transforms in a DataLoader")
+    add("--workers", type=integer(0), default=2, help="DataLoader worker processes (--pipeline tutorial only)")
+    add("--threads", type=integer(0), default=0, help="torch CPU threads (0 = torch's default, shared among ranks)")
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available, else cpu")
+    add("--progress", choices=("auto", "on", "off"), default="auto", help="live progress bar (auto = on a TTY)")
+    add("--dist-timeout", type=integer(1), default=1800, help="seconds a rank waits for the others (multi-process)")
+    return p
+
+
+def parse_args(argv=None, environ=os.environ):
+    """The flags, every one checked (alone, and against the launcher's WORLD_SIZE) before any work."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    world = int(environ.get("WORLD_SIZE", "1"))
+    if world > 1 and args.pipeline == "tutorial":
+        parser.error("--pipeline tutorial runs in one process: use the default fast pipeline with torchrun")
+    if args.batch_size < world:
+        parser.error(f"--batch-size {args.batch_size} is the global batch: give at least one image per rank ({world})")
+    return args
 
 
 def epoch_order(n, seed, epoch):
@@ -167,24 +148,238 @@ def train_step(model, optimizer, criterion, inputs, labels, autocast=None):
     return loss
 
 
-def weights_fingerprint(model):
-    """sha256 of every parameter's bytes, in order: equal fingerprints, bit-identical weights."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def scaled_cross_entropy(outputs, labels, scale):
+    """Sum over the rank's share times world/global batch: DDP's gradient mean is then the
+    gradient of the global batch's mean loss, as in one process, whatever the share sizes."""
+    return nn.functional.cross_entropy(outputs, labels, reduction="sum") * scale
+
+
+@dataclass
+class Device:
+    name: str  # "cpu", "cuda" or "cuda:<local rank>"
+    autocast: object  # bf16 autocast on CUDA, else a no-op
+    memory_format: torch.memory_format
+
+
+@dataclass
+class Data:
+    x: torch.Tensor  # uint8 NCHW training images (on the device for the fast pipeline)
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    train_set: object  # the tutorial pipeline's Dataset (PIL images through the transform)
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, made once by setup()."""
+
+    args: argparse.Namespace
+    ddp: Distributed
+    device: Device
+    data: Data
+    model: nn.Module
+    net: nn.Module  # the model, wrapped in DistributedDataParallel when there are several ranks
+    optimizer: torch.optim.Optimizer
+    checkpoints: Checkpoints
+    metrics: Metrics
+    state: dict
+    info: dict
+
+    def say(self, *text):
+        if self.ddp.main:
+            print(*text)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ddp = Distributed()
+    try:
+        return train(args, ddp)
+    except TrainerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except RuntimeError as e:  # gloo and nccl report a lost peer as RuntimeError (DistBackendError)
+        if not ddp.on:
+            raise
+        print(f"error: {ddp.lost_peer(e)}", file=sys.stderr)
+        return 1
+    finally:
+        ddp.close()
+
+
+def train(args, ddp):
+    run = setup(args, ddp)
+    stop = StopFlag()
+    stop.install()
+    while run.state["epoch"] < args.epochs:
+        epoch = run.state["epoch"]
+        if not train_one_epoch(run, epoch, stop):
+            checkpoint(run, stop.name)
+            run.say(f"stopped by {stop.name}; rerun with --resume auto to continue")
+            return EXIT_PREEMPTED
+        validate(run, epoch)
+        run.state.update(epoch=epoch + 1, step_in_epoch=0, running_loss=0.0)
+        checkpoint(run, "epoch end")
+    return finish(run)
+
+
+def setup_device(args, ddp):
+    """Device, process group and CPU threads, decided once; the rest of the code only reads Device."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise TrainerError("--device cuda but no CUDA device is visible: use --device cpu or auto")
+    name = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    if ddp.on and name == "cuda":
+        name = f"cuda:{ddp.local_rank}"
+        torch.cuda.set_device(name)
+    ddp.init(name, args.dist_timeout)  # also counts the ranks on this node
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif ddp.on and "OMP_NUM_THREADS" not in os.environ:  # ranks on one machine share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ddp.local_world))
+    if name == "cpu":  # the tutorial's float32 math
+        return Device(name, nullcontext(), torch.contiguous_format)
+    return Device(name, torch.autocast("cuda", dtype=torch.bfloat16), torch.channels_last)
+
+
+def load_data(args, ddp, device):
+    """The training and test sets as tensors; local rank 0 of each node prepares the files first."""
+    transform = data.transform(args.normalize)
+    if args.fake_data:
+        x, y = data.fake_cifar10(args.fake_data, seed=args.seed)
+        x_test, y_test = data.fake_cifar10(max(args.fake_data // 5, 1), seed=args.seed + 1)
+        train_set = data.TensorImages(x, y, transform)
+    else:
+        found = ddp.local_first(lambda: data.prepare(args.data_dir, download=not args.no_download))
+        train_set = data.open_cifar10(found, train=True, transform=transform)
+        (x, y), (x_test, y_test) = data.to_tensors(train_set), data.to_tensors(data.open_cifar10(found, train=False))
+    if args.pipeline == "fast":  # the training set lives on the device; batches are slices of it
+        x, y = x.to(device.name), y.to(device.name)
+    return Data(x, y, x_test, y_test, train_set)
+
+
+def setup(args, ddp):
+    """Folders, device, data, model, optimizer, resumed state and tracking: the run before its first step."""
+    out_dir = Path(args.output_dir)
+    outputs.make_dirs((out_dir, "--output-dir"), (args.checkpoint_dir, "--checkpoint-dir"))
+    recipe = {"model": Net.__name__, **{k: getattr(args, k) for k in RECIPE}}
+    checkpoints = Checkpoints(args.checkpoint_dir, recipe, write=ddp.main)
+    resume = checkpoints.resolve(args.resume)
+    if not resume and ddp.main:
+        outputs.claim(out_dir, args.overwrite)
+    device = setup_device(args, ddp)
+    train_data = load_data(args, ddp, device)
+
+    torch.manual_seed(args.seed)
+    model = Net().to(device.name, memory_format=device.memory_format)
+    optimizer = make_optimizer(model, args.lr, args.momentum)
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "running_loss": 0.0, "train_seconds": 0.0}
+    if resume:
+        state = checkpoints.restore(resume, model, optimizer)
+    # Only rank 0 records: the other ranks neither look for a tracker nor fingerprint the packages.
+    metrics = Metrics(out_dir, azureml_run(), mlflow_tracking()) if ddp.main else Metrics(None)
+    info = provenance() if ddp.main else {}
+    net = DistributedDataParallel(model) if ddp.on else model  # DDP: rank 0's weights to all, grads averaged
+    run = Run(args, ddp, device, train_data, model, net, optimizer, checkpoints, metrics, state, info)
+    if resume:
+        run.say(f"resumed from {resume} at epoch {state['epoch'] + 1}, step {state['global_step']}")
+    config = {**vars(args), "device": device.name, "threads": torch.get_num_threads(), "world": ddp.world}
+    if ddp.on:  # what each rank took of this node's cores
+        config.update(ranks_on_node=ddp.local_world, threads_per_rank=ddp.gather(torch.get_num_threads()))
+    run.say("config: " + json.dumps(config))
+    metrics.start(params=recipe, tags=info)
+    return run
+
+
+def batches(run, order):
+    """This rank's (inputs, labels) on the device, in `order`, through the chosen pipeline."""
+    args, dev, d = run.args, run.device, run.data
+    if args.pipeline == "fast":
+        order = order.to(dev.name)
+        source = data.fast_batches(d.x, d.y, args.batch_size, order, run.ddp.rank, run.ddp.world, args.normalize)
+    else:
+        source = data.tutorial_loader(d.train_set, args.batch_size, order, args.workers)
+    for inputs, labels in source:
+        yield inputs.to(dev.name, memory_format=dev.memory_format, non_blocking=True), labels.to(dev.name)
+
+
+def criterion_for(run, order, k):
+    """The tutorial's CrossEntropyLoss; with DDP scaled so that gradients are the global batch's."""
+    if not run.ddp.on:
+        return nn.functional.cross_entropy
+    global_batch = min(run.args.batch_size, len(order) - k * run.args.batch_size)
+    return partial(scaled_cross_entropy, scale=run.ddp.world / global_batch)
+
+
+def steps_per_epoch(run):
+    return -(-len(run.data.x) // run.args.batch_size)
+
+
+def progress_bar(run, epoch, skip):
+    from tqdm import tqdm
+
+    args = run.args
+    on = run.ddp.main and (args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty()))
+    desc = f"epoch {epoch + 1}/{args.epochs}"
+    return tqdm(total=steps_per_epoch(run), initial=skip, desc=desc, disable=not on, leave=False, file=sys.stderr)
+
+
+def train_one_epoch(run, epoch, stop):
+    """One pass over the training set, from where the state says; False if a signal stopped it."""
+    args, state = run.args, run.state
+    order = epoch_order(len(run.data.x), args.seed, epoch)[state["step_in_epoch"] * args.batch_size :]
+    bar = progress_bar(run, epoch, state["step_in_epoch"])
+    line = bar.write if not bar.disable else run.say
+    t0 = time.perf_counter()
+    try:
+        for k, (inputs, labels) in enumerate(batches(run, order)):
+            loss = train_step(run.net, run.optimizer, criterion_for(run, order, k), inputs, labels, run.device.autocast)
+            state["running_loss"] += loss.item()  # a CPU-GPU sync point, as in the tutorial
+            state["step_in_epoch"] += 1
+            state["global_step"] += 1
+            bar.update()
+            i = state["step_in_epoch"]
+            if i % args.log_interval == 0:
+                loss = run.ddp.mean(state["running_loss"]) / args.log_interval
+                line(f"epoch={epoch + 1}, batch={i:5d}: loss {loss:.2f}")
+                record(run, "loss", loss, epoch)
+                state["running_loss"] = 0.0
+            # Ranks agree on when to stop (every 10 steps), so that none waits for a rank that left.
+            if (not run.ddp.on or i % 10 == 0) and run.ddp.any(stop.signum is not None):
+                return False
+            if args.checkpoint_every and state["global_step"] % args.checkpoint_every == 0 and i < steps_per_epoch(run):
+                checkpoint(run, "interval")
+    finally:
+        bar.close()
+        seconds = time.perf_counter() - t0
+        state["train_seconds"] += seconds
+    record(run, "train/images_per_sec", len(order) / seconds, epoch)
+    return True
+
+
+def record(run, name, value, epoch):
+    """A metric at the current step; a failed write (full disk) is one error naming --output-dir."""
+    try:
+        run.metrics.log(name, value, run.state["global_step"], epoch + 1)
+    except OSError as e:
+        raise outputs.write_failed(run.args.output_dir, e, "--output-dir") from None
+
+
+def checkpoint(run, reason):
+    path = run.checkpoints.save(run.model, run.optimizer, run.state)
+    if path:
+        run.say(f"checkpoint ({reason}): {path}")
 
 
 @torch.no_grad()
-def evaluate(model, x, y, device, autocast, batch_size=1000):
+def evaluate(model, x, y, device, normalize, batch_size=1000):
     """Accuracy overall and per class, for any batch size (no per-class loop over a batch of 4)."""
     model.eval()
     correct = torch.zeros(10, dtype=torch.int64)
     total = torch.bincount(y, minlength=10)
     for i in range(0, len(x), batch_size):
-        xb, yb = data.normalize(x[i : i + batch_size]).to(device), y[i : i + batch_size]
-        with autocast:
+        xb, yb = data.to_float(x[i : i + batch_size], normalize).to(device.name), y[i : i + batch_size]
+        with device.autocast:
             pred = model(xb).argmax(1).cpu()
         correct += torch.bincount(yb[pred == yb], minlength=10)
     model.train()
@@ -192,293 +387,42 @@ def evaluate(model, x, y, device, autocast, batch_size=1000):
     return (correct.sum() / total.sum()).item(), per_class
 
 
-def plot(metrics_path, png_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    loss = [(r["step"], r["value"]) for r in rows if r["name"] == "train/loss"]
-    acc = [(r["epoch"], r["value"]) for r in rows if r["name"] == "test/accuracy"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    if loss:
-        a.plot(*zip(*loss, strict=True))
-    a.set(title="training loss", xlabel="step", ylabel="cross-entropy")
-    if acc:
-        b.plot(*zip(*acc, strict=True), marker="o")
-    b.set(title="test accuracy", xlabel="epoch", ylabel="accuracy")
-    fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+def validate(run, epoch):
+    """Test accuracy, on rank 0 only: the others go on; the next step's gradient exchange waits for it."""
+    if not run.ddp.main:
+        return
+    acc, per_class = evaluate(run.model, run.data.x_test, run.data.y_test, run.device, run.args.normalize)
+    record(run, "test/accuracy", acc, epoch)
+    for name, value in per_class.items():
+        record(run, f"test/class_accuracy/{name}", value, epoch)
+    run.say(f"epoch={epoch + 1}: test accuracy {acc:.1%}")
 
 
-class Distributed:
-    """torch.distributed as torchrun and Azure ML's PyTorchConfiguration set it up, from the environment.
-
-    WORLD_SIZE/RANK/LOCAL_RANK (and MASTER_ADDR/MASTER_PORT for the rendezvous) are read with
-    defaults, so a plain `python train.py` is a world of one and touches none of this.
-    """
-
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.on = self.world > 1
-        self.main = self.rank == 0  # every side effect (prints, metrics, files) is rank 0's
-        self.device = "cpu"
-
-    def init(self, device, timeout_s):
-        self.device = device  # nccl reduces CUDA tensors only
-        if self.on:
-            backend = "nccl" if device.startswith("cuda") else "gloo"
-            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-
-    def mean(self, value):
-        """The mean over ranks of a float (every rank must call it at the same step)."""
-        if not self.on:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.item() / self.world
-
-    def any(self, flag):
-        if not self.on:
-            return flag
-        t = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def close(self):
-        if self.on and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-class StopFlag:
-    """SIGTERM (docker stop, preemption) and SIGINT end the step in flight, then save and exit."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __call__(self, signum, frame):
-        self.signum = signum
-
-    def install(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, self)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    ddp = Distributed()
-    try:
-        return run(args, ddp)
-    except RuntimeError as e:  # gloo and nccl report a lost peer as RuntimeError (DistBackendError)
-        if not ddp.on:
-            raise
-        # gloo prefixes its source location: keep the first sentence after it
-        reason = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0]).split(". ")[0]
-        return fail(
-            f"rank {ddp.rank} of {ddp.world} lost the other ranks ({reason}): one of them failed "
-            f"or was stopped; see its log, then rerun all ranks (with --resume auto)"
-        )
-    finally:
-        ddp.close()
-
-
-def scaled_cross_entropy(outputs, labels, scale):
-    """Sum over the rank's share times world/global batch: DDP's gradient mean is then the
-    gradient of the global batch's mean loss, as in one process, whatever the share sizes."""
-    return nn.functional.cross_entropy(outputs, labels, reduction="sum") * scale
-
-
-def run(args, ddp):
-    config = vars(args).copy()
-    say = print if ddp.main else (lambda *a, **k: None)
-    out_dir, ckpt_dir = Path(args.output_dir), Path(args.checkpoint_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return fail(f"cannot create {e.filename}: {e.strerror}; mount a writable folder there or pass another path")
-
-    if args.device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif args.device == "cuda" and not torch.cuda.is_available():
-        return fail("--device cuda but no CUDA device is visible: use --device cpu or auto")
-    else:
-        device = args.device
-    on_cuda = device == "cuda"
-    if ddp.on:
-        if args.pipeline == "tutorial":
-            return fail("--pipeline tutorial runs in one process: use the default fast pipeline with torchrun")
-        if args.batch_size < ddp.world:
-            return fail(
-                f"--batch-size {args.batch_size} is the global batch: give at least one image per rank "
-                f"({ddp.world} ranks)"
-            )
-        if on_cuda:
-            device = f"cuda:{ddp.local_rank}"
-            torch.cuda.set_device(device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    elif ddp.on and "OMP_NUM_THREADS" not in os.environ:  # ranks on one machine share its cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    ddp.init(device, args.dist_timeout)
-    # On CUDA: bf16 autocast and channels_last; the CPU path stays the tutorial's float32 math.
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
-    memory_format = torch.channels_last if on_cuda else torch.contiguous_format
-
-    try:
-        x, y, xt, yt, tutorial_sets = load_data(args)
-    except data.DataError as e:
-        return fail(str(e))
-
-    torch.manual_seed(args.seed)
-    model = Net().to(device, memory_format=memory_format)
-    criterion = nn.CrossEntropyLoss()  # with DDP: scaled_cross_entropy, per step
-    optimizer = make_optimizer(model, args.lr, args.momentum)
-    recipe = {"model": type(model).__name__, **{k: config[k] for k in RECIPE}}
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "running_loss": 0.0, "train_seconds": 0.0}
-
-    resume_path = args.resume
-    if resume_path == "auto":
-        resume_path = find_latest(ckpt_dir)
-    if resume_path:
-        try:
-            ckpt = load_checkpoint(resume_path, recipe)
-        except CheckpointError as e:
-            return fail(str(e))
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"])
-        state = ckpt["state"]
-        say(f"resumed from {resume_path} at epoch {state['epoch'] + 1}, step {state['global_step']}")
-    elif ddp.main:
-        # A fresh start never appends to, or replaces, an earlier run's results unasked.
-        earlier = [p for p in (out_dir / "summary.json", out_dir / "metrics.jsonl") if p.exists()]
-        if earlier and not args.overwrite:
-            return fail(
-                f"{out_dir}/ already holds results ({earlier[0].name}): pass another --output-dir, "
-                f"--resume auto to continue that run, or --overwrite to replace it"
-            )
-        for p in earlier:
-            p.unlink()
-
-    # Only rank 0 records: the other ranks neither look for a tracker nor fingerprint the packages.
-    metrics = Metrics(out_dir, azureml_run(), mlflow_tracking()) if ddp.main else Metrics(None)
-    say("config: " + json.dumps({**config, "device": device, "threads": torch.get_num_threads(), "world": ddp.world}))
-    info = provenance() if ddp.main else {}
-    metrics.tag({**recipe, **info})
-
-    def checkpoint(reason):
-        if not ddp.main:
-            return
-        path = ckpt_dir / f"step-{state['global_step']:08d}.pt"
-        save_atomic(
-            {
-                "format": 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": torch.get_rng_state(),
-                "state": dict(state),
-                "recipe": recipe,
-            },
-            path,
-        )
-        for old in sorted(ckpt_dir.glob("step-*.pt"))[:-2]:  # keep two: a crash mid-write leaves one good
-            old.unlink()
-        say(f"checkpoint ({reason}): {path}")
-
-    stop = StopFlag()
-    stop.install()
-    x_dev, y_dev = (x.to(device), y.to(device)) if args.pipeline == "fast" else (x, y)
-    steps_per_epoch = -(-len(x) // args.batch_size)
-    progress = ddp.main and (args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty()))
-    net = DistributedDataParallel(model) if ddp.on else model  # DDP: rank 0's weights to all, grads averaged
-    from tqdm import tqdm
-
-    while state["epoch"] < args.epochs:
-        epoch, skip = state["epoch"], state["step_in_epoch"]
-        order = epoch_order(len(x), args.seed, epoch)[skip * args.batch_size :]
-        if args.pipeline == "fast":
-            batches = data.fast_batches(x_dev, y_dev, args.batch_size, order.to(device), ddp.rank, ddp.world)
-        else:
-            batches = data.tutorial_loader(tutorial_sets[0], args.batch_size, order, args.workers)
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=skip,
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-            disable=not progress,
-            leave=False,
-            file=sys.stderr,
-        )
-        line = tqdm.write if progress else say
-        t0 = time.perf_counter()
-        for k, (inputs, labels) in enumerate(batches):
-            inputs = inputs.to(device, memory_format=memory_format, non_blocking=True)
-            if ddp.on:
-                global_batch = min(args.batch_size, len(order) - k * args.batch_size)
-                criterion = partial(scaled_cross_entropy, scale=ddp.world / global_batch)
-            loss = train_step(net, optimizer, criterion, inputs, labels.to(device, non_blocking=True), autocast)
-            state["running_loss"] += loss.item()  # a CPU-GPU sync point, as in the tutorial
-            state["step_in_epoch"] += 1
-            state["global_step"] += 1
-            bar.update()
-            i = state["step_in_epoch"]
-            if i % args.log_interval == 0:
-                avg = ddp.mean(state["running_loss"]) / args.log_interval
-                line(f"epoch={epoch + 1}, batch={i:5d}: loss {avg:.2f}")
-                metrics.log("train/loss", avg, state["global_step"], epoch + 1)
-                state["running_loss"] = 0.0
-            # Ranks agree on when to stop (every 10 steps), so that none waits for a rank that left.
-            if (not ddp.on or i % 10 == 0) and ddp.any(stop.signum is not None):
-                name = signal.Signals(stop.signum or signal.SIGTERM).name
-                state["train_seconds"] += time.perf_counter() - t0
-                bar.close()
-                checkpoint(name)
-                say(f"stopped by {name}; rerun with --resume auto to continue")
-                return EXIT_PREEMPTED
-            if args.checkpoint_every and state["global_step"] % args.checkpoint_every == 0 and i < steps_per_epoch:
-                checkpoint("interval")
-        bar.close()
-        seconds = time.perf_counter() - t0
-        state["train_seconds"] += seconds
-        metrics.log("train/images_per_sec", len(order) / seconds, state["global_step"], epoch + 1)
-        if ddp.main:  # the others go on; the next step's gradient exchange waits for rank 0
-            acc, per_class = evaluate(model, xt.to(device), yt, device, autocast)
-            metrics.log("test/accuracy", acc, state["global_step"], epoch + 1)
-            for name, value in per_class.items():
-                metrics.log(f"test/class_accuracy/{name}", value, state["global_step"], epoch + 1)
-            say(f"epoch={epoch + 1}: test accuracy {acc:.1%}")
-        state.update(epoch=epoch + 1, step_in_epoch=0, running_loss=0.0)
-        checkpoint("epoch end")
-
-    say("Finished Training")
-    if not ddp.main:
+def finish(run):
+    """The tutorial's last line, then rank 0 writes weights, plot and summary, and closes tracking."""
+    run.say("Finished Training")
+    if not run.ddp.main:
         return 0
-    weights = out_dir / "model.pt"
-    save_atomic(model.state_dict(), weights)
-    plot(metrics.path, out_dir / "curves.png")
+    out_dir, state = Path(run.args.output_dir), run.state
+    weights, png, summary_json = out_dir / "model.pt", out_dir / "curves.png", out_dir / "summary.json"
+    outputs.save_torch(run.model.state_dict(), weights)
+    outputs.plot(run.metrics.path, png)
+    seconds = state["train_seconds"]
     summary = {
-        "config": config,
-        "device": device,
+        "config": vars(run.args),
+        "device": run.device.name,
         "threads": torch.get_num_threads(),
-        "world_size": ddp.world,
-        "final": metrics.last,
-        "train_seconds": round(state["train_seconds"], 3),
-        "images_per_sec": round(args.epochs * len(x) / state["train_seconds"], 1),
-        "wall_seconds": round(time.time() - metrics.start, 3),
-        "weights_sha256": weights_fingerprint(model),
-        **info,
+        "world_size": run.ddp.world,
+        "final": run.metrics.last,
+        "train_seconds": round(seconds, 3),
+        "images_per_sec": round(run.args.epochs * len(run.data.x) / seconds, 1) if seconds else None,
+        "wall_seconds": round(time.time() - run.metrics.t0, 3),
+        "weights_sha256": outputs.weights_fingerprint(run.model.state_dict()),
+        **run.info,
     }
-    tmp = out_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out_dir / "summary.json")
-    metrics.close()
-    print(f"outputs: {weights}, {metrics.path}, {out_dir / 'curves.png'}, {out_dir / 'summary.json'}")
+    outputs.write_summary(summary, summary_json)
+    run.metrics.close(artifacts=[weights, png, summary_json])
+    print(f"outputs: {weights}, {run.metrics.path}, {png}, {summary_json}")
     return 0
 
 

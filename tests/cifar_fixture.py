@@ -1,8 +1,9 @@
 """Writes a small CIFAR-10 in the real on-disk format (cifar-10-batches-py pickles).
 
 Used by the unit tests (imported) and by the end-to-end tests (run inside the image):
-    python tests/cifar_fixture.py DATA_DIR [IMAGES_PER_BATCH]
+    python tests/cifar_fixture.py DATA_DIR [IMAGES_PER_BATCH] [--archive]
 It prints the md5 of every file as JSON, the values torchvision's integrity check expects.
+--archive leaves only cifar-10-python.tar.gz, as a data set uploaded the way the README offers.
 """
 
 import hashlib
@@ -51,6 +52,18 @@ def write_cifar10(root, per_batch=20, seed=0, archive=False):
     return sums
 
 
+def fixture_sums(root):
+    """{file name: md5} of the fixture in root, read from cifar-10-batches-py/ or else from the .tar.gz
+    (without extracting it: the data folder may be read-only)."""
+    root = Path(root)
+    folder, tgz = root / "cifar-10-batches-py", root / "cifar-10-python.tar.gz"
+    if not tgz.is_file():
+        return {p.name: md5(p) for p in folder.iterdir()}
+    with tarfile.open(tgz) as tar:
+        sums = {Path(m.name).name: hashlib.md5(tar.extractfile(m).read()).hexdigest() for m in tar if m.isfile()}
+    return {**sums, "cifar-10-python.tar.gz": md5(tgz)}
+
+
 def expect_checksums(cifar10_cls, sums):
     """Make torchvision's CIFAR10 expect the fixture's md5s (its real check then runs on them)."""
     cifar10_cls.train_list = [[name, sums[name]] for name in TRAIN]
@@ -61,5 +74,6 @@ def expect_checksums(cifar10_cls, sums):
 
 
 if __name__ == "__main__":
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 20
-    print(json.dumps(write_cifar10(sys.argv[1], per_batch=n)))
+    args = [a for a in sys.argv[1:] if a != "--archive"]
+    n = int(args[1]) if len(args) > 1 else 20
+    print(json.dumps(write_cifar10(args[0], per_batch=n, archive="--archive" in sys.argv)))

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LOSS_LINE = re.compile(r"^epoch=\d+, batch= *\d+: loss \d+\.\d\d$", re.M)
 
 
-def compose(dirs, *args, uid=UID, timeout=600, check=True):
-    env = compose_env(dirs, uid)
+def compose(dirs, *args, timeout=600, check=True):
+    env = compose_env(dirs)
     result = subprocess.run(
         ["docker", "compose", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -108,7 +108,7 @@ def test_plain_docker_run_with_arbitrary_uid_and_read_only_root(dirs):
 
 
 def test_real_format_cifar_files_through_compose(dirs):
-    # The fixture is written inside the image (numpy lives there), as UID 4242 into the data mount;
+    # The fixture is written inside the image (numpy lives there), as UID into the data mount;
     # a command instead of flags also shows the entrypoint running commands as Azure ML needs.
     tests = f"{ROOT / 'tests'}:/app/tests:ro"
     compose(dirs, "run", "--rm", "-v", tests, "train", "python", "/app/tests/cifar_fixture.py", "/work/data", "100")

@@ -9,17 +9,27 @@ sys.path.insert(0, str(TESTS))  # cifar_fixture, shared with the end-to-end test
 
 
 @pytest.fixture
-def cifar_dir(tmp_path, monkeypatch):
-    """A small CIFAR-10 on disk in the real format, with torchvision expecting its md5s."""
+def cifar_dir(request, tmp_path, monkeypatch):
+    """A small CIFAR-10 on disk in the real format, with torchvision expecting its md5s.
+
+    Extracted (cifar-10-batches-py/) by default; `@pytest.mark.parametrize("cifar_dir", ["archive"],
+    indirect=True)` gives a folder holding only cifar-10-python.tar.gz, as a mounted data set may.
+    No test may download: the URL points at a closed port. TMPDIR (where an archive is extracted) is the test's own.
+    """
     from torchvision import datasets
 
     from cifar_fixture import expect_checksums, write_cifar10
 
     root = tmp_path / "data"
-    sums = write_cifar10(root, per_batch=40)
-    for attr in ("train_list", "test_list", "meta", "tgz_md5"):
+    sums = write_cifar10(root, per_batch=40, archive=getattr(request, "param", "folder") == "archive")
+    for attr in ("train_list", "test_list", "meta", "tgz_md5", "url"):
         monkeypatch.setattr(datasets.CIFAR10, attr, getattr(datasets.CIFAR10, attr))
     expect_checksums(datasets.CIFAR10, sums)
+    datasets.CIFAR10.url = "http://127.0.0.1:9/cifar-10-python.tar.gz"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
     return root
 
 

@@ -1,8 +1,12 @@
-"""Data-parallel training: torchrun with 2 processes against one process, on the same global batches."""
+"""Data-parallel training: torchrun with 2 processes against one process, on the same global batches,
+and two ranks started the way Azure ML starts them (no LOCAL_WORLD_SIZE, no launcher)."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,27 +14,24 @@ import torch
 import data
 import train
 
-COMMON = ["--fake-data", "480", "--batch-size", "8", "--epochs", "2", "--log-interval", "10", "--progress", "off"]
+TESTS = Path(__file__).resolve().parents[1]
+COMMON = "--fake-data 480 --batch-size 8 --epochs 2 --log-interval 10 --progress off --threads 1"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 
 
-def run(tmp_path, name, nproc):
-    launcher = (
-        [sys.executable]
-        if nproc == 1
-        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+def run(tmp_path, name, nproc, script=train.__file__, flags=COMMON, env=None):
+    launcher = [sys.executable] if nproc == 1 else TORCHRUN
+    where = f"--output-dir {tmp_path / name} --checkpoint-dir {tmp_path / f'c{name}'}"
+    r = subprocess.run(
+        [*launcher, script, *flags.split(), *where.split()], capture_output=True, text=True, timeout=300, env=env
     )
-    flags = [
-        *COMMON,
-        "--threads",
-        "1",
-        "--output-dir",
-        str(tmp_path / name),
-        "--checkpoint-dir",
-        str(tmp_path / f"c{name}"),
-    ]
-    r = subprocess.run([*launcher, train.__file__, *flags], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
+
+
+def losses(out_dir):
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["value"] for r in rows if r["name"] == "loss"]
 
 
 def test_two_processes_match_one_process_to_float_tolerance(tmp_path):
@@ -40,16 +41,9 @@ def test_two_processes_match_one_process_to_float_tolerance(tmp_path):
     a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
-    losses = [
-        [
-            json.loads(line)["value"]
-            for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["name"] == "train/loss"
-        ]
-        for d in ("one", "two")
-    ]
-    assert len(losses[0]) == len(losses[1]) == 12
-    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 12
+    assert one == pytest.approx(two, abs=1e-5)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in (tmp_path / "ctwo").iterdir()) == ["step-00000060.pt", "step-00000120.pt"]
 
@@ -63,11 +57,56 @@ def test_ranks_take_disjoint_shares_that_make_up_the_one_process_batch():
         assert torch.equal(torch.cat([shares[0][k], shares[1][k]]), batch)
 
 
-def test_a_distributed_run_refuses_the_tutorial_pipeline_and_too_small_batches(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("flags", ["--pipeline tutorial", "--batch-size 2"])
+def test_a_distributed_run_refuses_the_tutorial_pipeline_and_too_small_batches(flags, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("RANK", "0")
-    base = ["--fake-data", "40", "--output-dir", str(tmp_path / "o"), "--checkpoint-dir", str(tmp_path / "c")]
-    assert train.main([*base, "--pipeline", "tutorial"]) == 1
-    assert "--pipeline tutorial runs in one process" in capsys.readouterr().err
-    assert train.main([*base, "--batch-size", "2"]) == 1
-    assert "at least one image per rank (4 ranks)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        train.main(f"--fake-data 40 {flags}".split())
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert ("runs in one process" if "tutorial" in flags else "at least one image per rank (4)") in err
+
+
+def test_two_ranks_without_data_extract_the_archive_once_and_both_train(tmp_path):
+    from cifar_fixture import write_cifar10
+
+    write_cifar10(tmp_path / "data", per_batch=16, archive=True)
+    (tmp_path / "scratch").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "scratch")}
+    flags = f"--epochs 1 --batch-size 8 --log-interval 5 --no-download --threads 1 --data-dir {tmp_path / 'data'}"
+    out = run(tmp_path, "two", 2, script=str(TESTS / "e2e" / "train_on_fixture.py"), flags=flags, env=env)
+    assert out.count("data: extracted") == 1  # local rank 0 extracted; rank 1 waited, then read it
+    assert "Finished Training" in out and len(losses(tmp_path / "two")) == 2  # 80 images / batch 8 = 10 steps
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["cifar-10-python.tar.gz"]
+    made = sorted(p.name for p in (tmp_path / "scratch").iterdir() if p.name.startswith("cifar10-"))
+    assert made == ["cifar10-extracted"]  # and no partial extraction left behind
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to tell cpu_count from cpu_count // 2")
+def test_ranks_started_as_azure_ml_does_share_the_cores_without_local_world_size(tmp_path):
+    # Azure ML sets MASTER_ADDR/PORT, WORLD_SIZE, RANK, LOCAL_RANK for each process, not LOCAL_WORLD_SIZE.
+    base = {k: v for k, v in os.environ.items() if k not in ("LOCAL_WORLD_SIZE", "OMP_NUM_THREADS")}
+    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    flags = "--fake-data 64 --batch-size 8 --epochs 1 --progress off".split()
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, train.__file__, *flags, "--output-dir", str(tmp_path / f"o{rank}")],
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], outs
+    config = json.loads(next(line for line in outs[0].splitlines() if line.startswith("config: "))[8:])
+    assert config["ranks_on_node"] == 2
+    assert config["threads_per_rank"] == [os.cpu_count() // 2] * 2

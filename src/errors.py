@@ -1,0 +1,7 @@
+"""The one error type for problems the user can fix: main prints its message and exits with its code."""
+
+
+class TrainerError(Exception):
+    """A problem the message explains (one line: what is wrong, then the fix); exit status 1."""
+
+    exit_code = 1

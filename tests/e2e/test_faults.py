@@ -1,0 +1,83 @@
+"""Faults end to end, in the image under compose: a full disk on the checkpoint or the output folder,
+and a data folder that is a read-only mount holding only the archive (Azure ML v2's ro_mount).
+
+A compose override file replaces the service's mount at the same target: a size-limited tmpfs for a
+full disk, a read-only bind for the data. A full disk must end with exit 1 and one line naming the
+folder and the fix, leave no *.tmp, and the checkpoint before the fault must still load: the same
+container resumes from it and finishes.
+"""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from e2e_env import compose_env
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTS = f"{ROOT / 'tests'}:/app/tests:ro"
+# A checkpoint is ~500 KB (weights + momentum), model.pt ~250 KB, metrics.jsonl a few KB.
+FULL = {  # what fills up: (folder, tmpfs bytes, flags, the flag naming the folder)
+    "checkpoint": ("checkpoints", 1_300_000, "--checkpoint-every 10", "--checkpoint-dir"),  # room for 2, not 3
+    "model.pt": ("outputs", 128_000, "--checkpoint-every 0", "--output-dir"),  # metrics.jsonl fits, model.pt not
+    "metrics.jsonl": ("outputs", 4096, "--checkpoint-every 10 --log-interval 1", "--output-dir"),  # ~100 B a line
+}
+FLAGS = "--epochs 1 --fake-data 200 --log-interval 10 --threads 1"  # a case's own flags come later and win
+# In one container (a tmpfs lives as long as it): train until the disk is full, show what is left,
+# then resume from the last checkpoint with room to spare.
+SCRIPT = """
+python /app/src/train.py {flags} 2>/tmp/err; echo "rc=$?"
+echo "--- stderr"; cat /tmp/err; echo "--- left"; ls -a /work/{folder}; echo "--- resume"
+python /app/src/train.py {flags} --output-dir /tmp/roomy/outputs --checkpoint-dir /tmp/roomy/checkpoints \\
+  --resume "$(ls /work/checkpoints/step-*.pt | tail -n 1)"
+echo "resumed rc=$?"
+"""
+
+
+def compose_run(dirs, tmp_path, mount, *args):
+    """`docker compose run --rm ARGS` with `mount` (a compose volume, long syntax) in place of the
+    train service's mount at the same target."""
+    override = tmp_path / "mount.yaml"
+    override.write_text(f"services:\n  train:\n    volumes:\n      - {mount}\n")
+    r = subprocess.run(
+        ["docker", "compose", "-f", "compose.yaml", "-f", str(override), "run", "--rm", *args],
+        cwd=ROOT, env=compose_env(dirs), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+@pytest.mark.parametrize("filling", FULL)
+def test_a_full_disk_is_one_line_exit_1_and_the_previous_checkpoint_resumes(filling, dirs, tmp_path):
+    folder, size, flags, flag = FULL[filling]
+    tmpfs = f"{{type: tmpfs, target: /work/{folder}, tmpfs: {{size: {size}}}}}"
+    script = SCRIPT.format(flags=f"{FLAGS} {flags}", folder=folder)
+    out = compose_run(dirs, tmp_path, tmpfs, "train", "sh", "-c", script)
+    first, rest = out.split("--- stderr\n")
+    stderr, rest = rest.split("--- left\n")
+    left, resumed = rest.split("--- resume\n")
+    assert first.rstrip().endswith("rc=1"), out
+    assert ("Finished Training" in first) == (filling == "model.pt"), out  # the others fail mid-epoch
+    assert stderr == (
+        f"error: cannot write to {folder}/ (No space left on device): "
+        f"free space there (or mount a larger volume), or pass another {flag}\n"
+    ), out
+    assert not [name for name in left.split() if name.endswith(".tmp")], left
+    assert re.search(r"^resumed from /work/checkpoints/step-\d+\.pt", resumed, re.M), out
+    assert "Finished Training" in resumed and resumed.rstrip().endswith("resumed rc=0"), out
+
+
+def test_a_read_only_data_mount_holding_only_the_archive_trains_and_stays_untouched(dirs, tmp_path):
+    writable = f"{{type: bind, source: {dirs['data']}, target: /work/data}}"
+    make_archive = "python /app/tests/cifar_fixture.py data 20 --archive".split()
+    compose_run(dirs, tmp_path, writable, "-v", TESTS, "train", *make_archive)
+    before = {p.name: p.stat().st_mtime_ns for p in dirs["data"].iterdir()}
+    assert list(before) == ["cifar-10-python.tar.gz"]
+
+    read_only = f"{{type: bind, source: {dirs['data']}, target: /work/data, read_only: true}}"
+    train = "/app/tests/e2e/train_on_fixture.py --epochs 1 --log-interval 25 --no-download".split()
+    out = compose_run(dirs, tmp_path, read_only, "-v", TESTS, "--entrypoint", "python", "train", *train)
+    assert "data: extracted data/cifar-10-python.tar.gz into /tmp/cifar10-extracted" in out
+    assert "Finished Training" in out
+    assert {p.name: p.stat().st_mtime_ns for p in dirs["data"].iterdir()} == before

@@ -1,0 +1,171 @@
+"""The local MLflow server end to end: compose starts it, two short runs log to it, its REST API holds
+exactly what each run wrote to metrics.jsonl, and its UI, loaded in headless Chromium, lists both runs.
+
+Images: IMAGE (the trainer), IMAGE_MLFLOW and IMAGE_BROWSER (`make build-tracking`; built here when
+missing). The screenshot is kept in E2E_ARTIFACTS (default outputs/e2e/) and its path printed.
+"""
+
+import json
+import os
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from e2e_env import IMAGE
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE_MLFLOW = os.environ.get("IMAGE_MLFLOW", "cifar10-mlflow:local")
+IMAGE_BROWSER = os.environ.get("IMAGE_BROWSER", "cifar10-browser:local")
+ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", ROOT / "outputs" / "e2e"))
+# The container runs as the owner of ./outputs: root hands the folders to an arbitrary uid.
+UID = 4242 if os.getuid() == 0 else os.getuid()
+EXPERIMENT = "e2e-tracking"
+SEEDS = (1, 2)
+TRAIN = ["--epochs", "1", "--fake-data", "400", "--log-interval", "25"]
+
+
+def environment(tmp, project, **extra):
+    """compose's environment: this test's own project (so its own network and volume) and folders."""
+    dirs = {}
+    for name in ("data", "outputs", "checkpoints"):
+        dirs[name] = tmp / name
+        dirs[name].mkdir()
+        os.chown(dirs[name], UID, UID)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(
+        COMPOSE_PROJECT_NAME=project,
+        IMAGE=IMAGE,
+        IMAGE_MLFLOW=IMAGE_MLFLOW,
+        IMAGE_BROWSER=IMAGE_BROWSER,
+        LOCAL_UID=str(UID),  # where compose still sets `user:` from it
+        LOCAL_GID=str(UID),
+        DATA_DIR=str(dirs["data"]),
+        OUTPUTS_DIR=str(dirs["outputs"]),
+        CHECKPOINTS_DIR=str(dirs["checkpoints"]),
+        MLFLOW_PORT="",  # any free port on 127.0.0.1: never a clash with a user's server
+        **extra,
+    )
+    return env, dirs
+
+
+def compose(env, *args, timeout=900, check=True):
+    cmd = ["docker", "compose", "--profile", "tracking", "--profile", "browser", *args]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def api(url, path, body=None, **query):
+    """One call to MLflow's REST API: GET with query parameters, or POST with a JSON body."""
+    full = f"{url}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(full, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The compose `mlflow` service on a free port, with two runs (seeds 1 and 2) logged to it."""
+    env, dirs = environment(tmp_path_factory.mktemp("tracking"), f"cifar10-tracking-{os.getpid()}")
+    missing = [
+        s
+        for s, image in (("mlflow", IMAGE_MLFLOW), ("browser", IMAGE_BROWSER))
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode
+    ]
+    if missing:
+        compose(env, "build", *missing, timeout=1800)
+    try:
+        compose(env, "up", "-d", "--wait", "mlflow", timeout=300)
+        url = "http://" + compose(env, "port", "mlflow", "5000").stdout.strip()
+        runs = {}
+        for seed in SEEDS:
+            where = ["--output-dir", f"outputs/seed{seed}", "--checkpoint-dir", f"checkpoints/seed{seed}"]
+            r = compose(
+                {**env, "MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_EXPERIMENT_NAME": EXPERIMENT},
+                "run", "--rm", "train", *TRAIN, "--seed", str(seed), *where,
+            )  # fmt: skip
+            assert "tracking off" not in r.stderr, r.stderr
+            runs[seed] = dirs["outputs"] / f"seed{seed}"
+        yield url, env, runs
+    finally:
+        compose(env, "down", "--volumes", "--remove-orphans", timeout=300, check=False)
+
+
+def finished_runs(url):
+    experiment = api(url, "experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
+    found = api(url, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    assert [r["info"]["status"] for r in found] == ["FINISHED"] * len(SEEDS)
+    by_seed = {}
+    for run in found:
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        by_seed[int(params["seed"])] = run
+    assert sorted(by_seed) == list(SEEDS)
+    return experiment["experiment_id"], by_seed
+
+
+def test_each_run_in_mlflow_holds_its_metrics_jsonl_params_tags_and_files(server):
+    url, _, outputs = server
+    _, runs = finished_runs(url)
+    for seed, run in runs.items():
+        run_id = run["info"]["run_id"]
+        written = [json.loads(line) for line in (outputs[seed] / "metrics.jsonl").read_text().splitlines()]
+        names = sorted({r["name"] for r in written})
+        assert len(names) >= 3  # the loss, throughput, accuracy and per-class accuracies
+        for name in names:
+            history = api(url, "metrics/get-history", run_id=run_id, metric_key=name)["metrics"]
+            logged = sorted((m["step"], m["value"]) for m in history)
+            assert logged == sorted((r["step"], r["value"]) for r in written if r["name"] == name), name
+
+        summary = json.loads((outputs[seed] / "summary.json").read_text())
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert params["seed"] == str(seed) and params["batch_size"] == str(summary["config"]["batch_size"])
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        for key in ("image_ref", "image_revision", "source_sha256", "packages_sha256"):
+            assert tags[key] == str(summary[key]), key
+        assert tags["image_ref"] == IMAGE
+        files = {f["path"] for f in api(url, "artifacts/list", run_id=run_id).get("files", [])}
+        assert files == {"model.pt", "curves.png", "summary.json"}
+    # Different seeds, different trajectories: the comparison the UI is for has something to compare.
+    first, second = ([r["value"] for r in map(json.loads, (o / "metrics.jsonl").open())] for o in outputs.values())
+    assert first != second
+
+
+def browser(env, *flags, volume=None):
+    mount = ["-v", f"{volume}:/out"] if volume else []
+    return compose(env, "run", "--rm", *mount, "browser", "--window-size=1400,900", *flags, timeout=300)
+
+
+def test_the_ui_lists_both_runs_in_headless_chromium(server):
+    url, env, _ = server
+    experiment_id, runs = finished_runs(url)
+    page = f"http://mlflow:5000/#/experiments/{experiment_id}/runs"
+    names = [r["info"]["run_name"] for r in runs.values()]
+    for _ in range(3):  # the page fetches its runs after it loads; a busy machine may need another look
+        dom = browser(env, "--dump-dom", "--virtual-time-budget=30000", page).stdout
+        if all(name in dom for name in names):
+            break
+        time.sleep(5)
+    assert all(name in dom for name in names), f"{names} not on {page}:\n{dom[-3000:]}"
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    os.chmod(ARTIFACTS, 0o777)  # the browser runs as uid 1000
+    browser(env, "--screenshot=/out/mlflow-runs.png", "--virtual-time-budget=30000", page, volume=ARTIFACTS)
+    shot = ARTIFACTS / "mlflow-runs.png"
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    print(f"screenshot of the runs page: {shot}")
+
+
+def test_a_configured_server_that_is_down_leaves_training_alone_and_says_so_once(tmp_path):
+    env, dirs = environment(tmp_path, f"cifar10-tracking-down-{os.getpid()}", MLFLOW_TRACKING_URI="http://mlflow:5000")
+    try:
+        r = compose(env, "run", "--rm", "train", "--epochs", "1", "--fake-data", "100", "--log-interval", "25")
+        assert r.stderr.count("tracking off") == 1 and "http://mlflow:5000" in r.stderr, r.stderr
+        assert json.loads((dirs["outputs"] / "summary.json").read_text())["config"]["fake_data"] == 100
+    finally:
+        compose(env, "down", "--volumes", "--remove-orphans", timeout=300, check=False)
