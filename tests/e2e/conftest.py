@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+import local_registry
 from e2e_env import UID
 
 
@@ -16,3 +17,10 @@ def dirs(tmp_path):
         made[name].mkdir()
         os.chown(made[name], UID, UID)
     return made
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """One registry on 127.0.0.1 for the whole session: the first push sends the 6 GB image, later pushes
+    (publish tests, every `make submit COMPUTE=local`) find its layers there."""
+    yield from local_registry.serve(tmp_path_factory.mktemp("registry"))

@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import local_registry
 from local_registry import tags
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("IMAGE", "cifar10-trainer:local")
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    yield from local_registry.serve(tmp_path_factory.mktemp("registry"))
 
 
 def test_publish_pushes_an_immutable_tag_and_the_digest_pulls_the_same_image(registry):

@@ -12,19 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import local_registry
-
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("IMAGE", "cifar10-trainer:local")
 IMAGE_SUBMIT_V2 = os.environ.get("IMAGE_SUBMIT_V2", "cifar10-trainer-submit-v2:local")
 FAST = "--epochs 1 --fake-data 64 --batch-size 8"
 DATA = "/mnt/azureml/data"  # where azure/local_run.py mounts datastore folders
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """One registry per module: the first run pushes the image, the others find its layers there."""
-    yield from local_registry.serve(tmp_path_factory.mktemp("registry"))
 
 
 @pytest.fixture(scope="module")
