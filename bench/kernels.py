@@ -1,0 +1,105 @@
+"""Batch 512 against the machine's float32 matmul rate, and the test-set evaluation time (inside the image).
+
+    python bench/kernels.py --data data      # make bench runs it after the whole-command rounds
+
+The trainer itself runs one epoch at --batch-size 512 on the generated data set (default threads);
+its images/s times the Net's training FLOPs per image, over the best 2048x2048 float32 matmul rate
+measured just before and after with the same thread count, is the share printed. FLOPs count the
+convolutions and linear layers (forward, and backward's weight and input gradients, none for the
+input image); pooling, ReLU and the optimizer are left out, so the share is a lower bound.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+sys.path[:0] = ["/app/src", str(Path(__file__).resolve().parents[1] / "tests")]
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torchvision import datasets  # noqa: E402
+
+from cifar_fixture import TEST, TRAIN, expect_checksums, md5  # noqa: E402
+
+
+def matmul_gflops(n=2048, reps=10):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def train_flops_per_image(model):
+    """Forward FLOPs of every conv and linear layer, times 3 (forward, grad of weights, grad of inputs),
+    less the first layer's input gradient, which nothing needs."""
+    flops = []
+
+    def hook(module, inputs, output):
+        w = module.weight
+        per_out = 2 * w[0].numel()  # multiply-adds per output element
+        flops.append(per_out * output[0].numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    for h in handles:
+        h.remove()
+    return 3 * sum(flops) - flops[0]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="data", help="folder holding cifar-10-batches-py (generated)")
+    p.add_argument("--batch-size", type=int, default=512)
+    args = p.parse_args()
+    folder = Path(args.data) / "cifar-10-batches-py"
+    expect_checksums(datasets.CIFAR10, {n: md5(folder / n) for n in [*TRAIN, TEST, "batches.meta"]})
+    import train
+    from model import Net
+
+    threads = torch.get_num_threads()
+    before = matmul_gflops()
+    with tempfile.TemporaryDirectory() as work:
+        flags = f"--batch-size {args.batch_size} --epochs 1 --data-dir {args.data} --progress off"
+        flags += f" --output-dir {work}/out --checkpoint-dir {work}/ckpt --checkpoint-every 0"
+        t0 = time.perf_counter()
+        rc = train.main(flags.split())
+        wall = time.perf_counter() - t0
+        if rc:
+            sys.exit(f"error: the trainer at batch {args.batch_size} exited with {rc}")
+        summary = json.loads(Path(work, "out", "summary.json").read_text())
+    rate = max(before, matmul_gflops())
+    ips = summary["images_per_sec"]
+    flops = train_flops_per_image(Net())
+    print(f"float32 matmul 2048x2048, {threads} threads (best of before/after): {rate:6.1f} GFLOP/s")
+    print(
+        f"trainer at batch {args.batch_size}, {summary['threads']} threads: {ips:7.0f} images/s "
+        f"(training loop; whole in-process run {wall:.1f} s)"
+    )
+    print(
+        f"  x {flops / 1e6:.2f} MFLOP per image = {ips * flops / 1e9:.1f} GFLOP/s, "
+        f"{ips * flops / 1e9 / rate:.0%} of the matmul rate"
+    )
+
+    test = datasets.CIFAR10(args.data, train=False, download=False)
+    xt = torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous()
+    yt = torch.tensor(test.targets)
+    model = Net()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        train.evaluate(model, xt, yt, "cpu", nullcontext())
+        best = min(best, time.perf_counter() - t0)
+    print(f"test-set evaluation ({len(xt)} images, train.evaluate, {threads} threads): {best:.2f} s (best of 3)")
+
+
+if __name__ == "__main__":
+    main()
