@@ -13,9 +13,11 @@ git rev-parse --verify -q "$before^{commit}" >/dev/null || { echo "error: BEFORE
 command -v docker-registry >/dev/null || { echo "error: docker-registry not found: apt-get install docker-registry" >&2; exit 1; }
 work=$(mktemp -d)
 pids=()
+bridge=benchimg$$
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  ip link del "$bridge" 2>/dev/null || true
   docker image rm cifar10-trainer:bench-before cifar10-trainer:bench-after >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -24,12 +26,15 @@ trap cleanup EXIT
 seconds() { local t0=$SECONDS; "$@" >"$work/cmd.log" 2>&1 || { tail -n 30 "$work/cmd.log"; exit 1; }; echo $((SECONDS - t0)); }
 wait_for() { for _ in $(seq 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.3; done; echo "error: timed out waiting for: $*" >&2; exit 1; }
 
-# An empty engine for the cold pulls: its own socket, data root and containerd; no networking.
+# An empty engine for the cold pulls: its own socket, data root, containerd and bridge. Not
+# `--bridge none`: that makes dockerd delete docker0, the bridge the machine's own engine uses.
 engine="unix://$work/docker.sock"
+ip link add name "$bridge" type bridge
+ip addr add 10.213.0.1/24 dev "$bridge"
 dockerd --data-root "$work/engine" --exec-root "$work/x" --pidfile "$work/dockerd.pid" -H "$engine" \
-  --bridge none --iptables=false --ip6tables=false >"$work/dockerd.log" 2>&1 </dev/null &
+  --bridge "$bridge" --iptables=false --ip6tables=false >"$work/dockerd.log" 2>&1 </dev/null &
 pids+=($!)
-wait_for docker -H "$engine" info
+wait_for docker -H "$engine" version --format '{{.Server.Version}}'
 
 for variant in before after; do
   tree="$work/$variant"
@@ -44,7 +49,7 @@ for variant in before after; do
     docker buildx prune -f --filter type=exec.cachemount >/dev/null
     cold=$(cd "$tree" && IMAGE=$tag seconds docker compose build --no-cache train)
   fi
-  (cd "$tree" && IMAGE=$tag seconds docker compose build train) >/dev/null
+  built=$(cd "$tree" && IMAGE=$tag seconds docker compose build train) || { echo "$built"; exit 1; }
 
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\nlog:\n  level: error\n' \
@@ -69,6 +74,6 @@ for variant in before after; do
     "$(docker history --format '{{.Size}}' "$tag" | grep -E '^[0-9.]+GB|^[0-9]{3,}(\.[0-9]+)?MB' | paste -sd' ')"
   printf '  first push, empty registry: %ss\n' "$push"
   printf '  cold pull by digest:        %ss (empty engine; download and unpack)\n' "$pull"
-  [ -n "${cold:-}" ] && printf '  cold build (no layer/pip cache, base image present): %ss\n' "$cold"
+  if [ -n "${cold:-}" ]; then printf '  cold build (no layer/pip cache, base image present): %ss\n' "$cold"; fi
 done
 printf 'load average at the end: %s (2 shared cores: read the times as relative)\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -12,6 +12,7 @@ input image); pooling, ReLU and the optimizer are left out, so the share is a lo
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +57,42 @@ def train_flops_per_image(model):
     return 3 * sum(flops) - flops[0]
 
 
+# Cumulative: each line's interpreter does everything above it too.
+STARTUP = [
+    ("python itself", "pass"),
+    ("+ import torch", "import torch"),
+    ("+ torchvision.datasets (pulls in torch._dynamo)", "import torchvision.datasets"),
+    ("+ azureml-core's Run.get_context()", "from azureml.core import Run; Run.get_context()"),
+    ("+ matplotlib.pyplot", "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot"),
+]
+
+
+def startup_costs(reps=3):
+    """Each line: a fresh interpreter doing one more of the trainer's start-up steps (best of reps)."""
+    previous = 0.0
+    for i, (label, _) in enumerate(STARTUP):
+        code = "; ".join(c for _, c in STARTUP[: i + 1])
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+            best = min(best, time.perf_counter() - t0)
+        print(f"  {label:52s} {best:5.2f} s  (+{best - previous:.2f})")
+        previous = best
+    from provenance import packages_fingerprint
+
+    for label, fn in (("dist-info names (now)", packages_fingerprint), ("every METADATA file (before)", by_metadata)):
+        t0 = time.perf_counter()
+        fn()
+        print(f"  package fingerprint from {label:28s} {1e3 * (time.perf_counter() - t0):6.1f} ms")
+
+
+def by_metadata():
+    from importlib import metadata
+
+    return sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="data", help="folder holding cifar-10-batches-py (generated)")
@@ -85,6 +122,9 @@ def main():
             f"trainer at batch {args.batch_size} {ips:7.0f} images/s x {flops / 1e6:.2f} MFLOP = "
             f"{ips * flops / 1e9:5.1f} GFLOP/s, {ips * flops / 1e9 / rate:.0%} of the matmul rate"
         )
+
+    print("start-up, fresh interpreters in this image:")
+    startup_costs()
 
     test = datasets.CIFAR10(args.data, train=False, download=False)
     xt = torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous()
