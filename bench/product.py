@@ -1,7 +1,8 @@
 """The product as a user runs it, against the Azure tutorial's train.py: whole commands, side by side.
 
-    make bench                                  # 2 epochs, 2 rounds (about 6 min on 2 idle cores)
+    make bench                                  # 2 epochs, 2 rounds (11 min on 2 busy shared cores)
     make bench ARGS="--epochs 1 --rounds 3"     # shorter epochs, more rounds
+    make bench ARGS="--product-flags=--threads 1"   # extra trainer flags for the product rounds
 
 Runs on the host (Python's standard library only) and drives `docker compose run` against the built
 image. Both programs train on the same generated 50,000-image data set in the real CIFAR-10 on-disk
