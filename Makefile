@@ -96,14 +96,13 @@ lock-mlflow: ## re-resolve docker/mlflow.in into docker/mlflow.lock (in a contai
 	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
 
-bench: build ## training throughput: the tutorial's data pipeline vs ours, in the image
-	$(COMPOSE) run --rm -v $(CURDIR)/bench:/app/bench:ro -v $(CURDIR)/tests:/app/tests:ro \
-	  --entrypoint python train /app/bench/throughput.py $(ARGS)
+bench: build ## the whole `docker compose run train` against the tutorial's train.py, side by side: ARGS="--epochs 1"
+	python3 bench/product.py $(ARGS)
 
 bench-ddp: build ## data-parallel scaling, 1 vs 2 processes (torchrun), in the image
 	$(COMPOSE) run --rm -v $(CURDIR)/bench:/app/bench:ro train python /app/bench/scaling.py $(ARGS)
 
-bench-image: ## print image size, cold build time, rebuild time after a one-line src change
+bench-image: ## image size, first push and cold pull, before (BEFORE=rev) and after the layer split; COLD=1 adds a cold build
 	bash bench/image.sh
 
 clean: ## remove outputs, checkpoints, the host test venv and the image (keeps downloaded data)

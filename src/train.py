@@ -32,6 +32,7 @@ from errors import TrainerError
 from metrics import Metrics, azureml_run, mlflow_tracking
 from model import Net
 from provenance import provenance
+from speed import configure_cpu
 
 EXIT_BAD_FLAGS = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal, checkpoint saved, rerun with --resume
@@ -109,7 +110,12 @@ def build_parser():
     add("--log-interval", type=integer(1), default=2000, help="log the running loss every this many mini-batches")
     add("--pipeline", choices=("fast", "tutorial"), default="fast", help="tutorial: PIL transforms in a DataLoader")
     add("--workers", type=integer(0), default=2, help="DataLoader worker processes (--pipeline tutorial only)")
-    add("--threads", type=integer(0), default=0, help="torch CPU threads (0 = torch's default, shared among ranks)")
+    add(
+        "--threads",
+        type=integer(0),
+        default=0,
+        help="torch CPU threads (0 = 1 below batch 32 per rank, else its share of the cores)",
+    )
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available, else cpu")
     add("--progress", choices=("auto", "on", "off"), default="auto", help="live progress bar (auto = on a TTY)")
     add("--dist-timeout", type=integer(1), default=1800, help="seconds a rank waits for the others (multi-process)")
@@ -233,10 +239,8 @@ def setup_device(args, ddp):
         name = f"cuda:{ddp.local_rank}"
         torch.cuda.set_device(name)
     ddp.init(name, args.dist_timeout)  # also counts the ranks on this node
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    elif ddp.on and "OMP_NUM_THREADS" not in os.environ:  # ranks on one machine share its cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ddp.local_world))
+    # One thread at the tutorial's tiny batches; else this rank's share of the node's cores.
+    configure_cpu(args.threads, -(-args.batch_size // ddp.world), ddp.local_world)
     if name == "cpu":  # the tutorial's float32 math
         return Device(name, nullcontext(), torch.contiguous_format)
     return Device(name, torch.autocast("cuda", dtype=torch.bfloat16), torch.channels_last)

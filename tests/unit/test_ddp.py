@@ -93,7 +93,7 @@ def test_ranks_started_as_azure_ml_does_share_the_cores_without_local_world_size
     # Azure ML sets MASTER_ADDR/PORT, WORLD_SIZE, RANK, LOCAL_RANK for each process, not LOCAL_WORLD_SIZE.
     base = {k: v for k, v in os.environ.items() if k not in ("LOCAL_WORLD_SIZE", "OMP_NUM_THREADS")}
     base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
-    flags = "--fake-data 64 --batch-size 8 --epochs 1 --progress off".split()
+    flags = "--fake-data 128 --batch-size 64 --epochs 1 --progress off".split()  # 32 per rank: cores shared
     ranks = [
         subprocess.Popen(
             [sys.executable, train.__file__, *flags, "--output-dir", str(tmp_path / f"o{rank}")],

@@ -1,0 +1,45 @@
+import sys
+
+import pytest
+import torch
+
+import speed
+from provenance import packages_fingerprint
+
+
+@pytest.fixture(autouse=True)
+def keep_threads(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("requested", "batch", "local_world", "expected"),
+    [(3, 4, 1, 3), (0, 4, 1, 1), (0, 31, 1, 1), (0, 32, 1, 8), (0, 512, 2, 4), (0, 512, 16, 1)],
+)
+def test_threads_one_for_tiny_batches_else_the_process_share_of_the_cores(requested, batch, local_world, expected):
+    assert speed.configure_cpu(requested, batch, local_world) == expected
+    assert torch.get_num_threads() == expected
+
+
+def test_omp_num_threads_wins_over_the_batch_rule(monkeypatch):
+    torch.set_num_threads(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert speed.configure_cpu(0, 4) == 2
+
+
+def test_package_fingerprint_changes_when_a_package_version_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    (tmp_path / "torch-2.14.1.dist-info").mkdir()
+    (tmp_path / "numpy-2.3.2.dist-info").mkdir()
+    first = packages_fingerprint()
+    assert packages_fingerprint() == first
+    (tmp_path / "numpy-2.3.2.dist-info").rename(tmp_path / "numpy-2.3.3.dist-info")
+    assert packages_fingerprint() != first
+
+
+def test_the_real_environment_has_a_fingerprint():
+    assert len(packages_fingerprint()) == 16
