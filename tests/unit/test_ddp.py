@@ -110,3 +110,25 @@ def test_ranks_started_as_azure_ml_does_share_the_cores_without_local_world_size
     config = json.loads(next(line for line in outs[0].splitlines() if line.startswith("config: "))[8:])
     assert config["ranks_on_node"] == 2
     assert config["threads_per_rank"] == [os.cpu_count() // 2] * 2
+
+
+def test_a_rank_waits_30_minutes_for_its_peers_by_default(monkeypatch):
+    # On a fresh cluster each node pulls the 3.5 GB image on its own: PyTorch's own default, not 2 minutes.
+    from datetime import timedelta
+
+    import distributed
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def init_process_group(backend, timeout):
+        seen.update(backend=backend, timeout=timeout)
+        raise Stop
+
+    monkeypatch.setattr(distributed.dist, "init_process_group", init_process_group)
+    args = train.parse_args([], environ={"WORLD_SIZE": "2"})
+    with pytest.raises(Stop):
+        distributed.Distributed({"WORLD_SIZE": "2", "RANK": "1"}).init("cpu", args.dist_timeout)
+    assert seen == {"backend": "gloo", "timeout": timedelta(minutes=30)}
