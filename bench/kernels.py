@@ -129,13 +129,13 @@ def main():
     test = datasets.CIFAR10(args.data, train=False, download=False)
     xt = torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous()
     yt = torch.tensor(test.targets)
-    model = Net()
+    model, cpu = Net(), train.Device("cpu", nullcontext(), torch.contiguous_format)
     for threads in sorted({1, cores}):
         torch.set_num_threads(threads)
         best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
-            train.evaluate(model, xt, yt, "cpu", nullcontext())
+            train.evaluate(model, xt, yt, cpu, normalize=False)
             best = min(best, time.perf_counter() - t0)
         print(f"test-set evaluation ({len(xt)} images, train.evaluate), {threads} thread(s): {best:.2f} s (best of 3)")
 
