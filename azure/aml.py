@@ -81,6 +81,8 @@ class Intent:
     vm_size: str = "STANDARD_D2_V2"
     max_nodes: int = 1
     low_priority: bool = False
+    # A created cluster scales to 0 nodes (costs nothing idle) 30 minutes after its last run.
+    idle_seconds: int = 1800
     shm_size: str = "2g"
     nodes: int = 1
     procs_per_node: int = 1

@@ -72,7 +72,7 @@ def compute_config(intent):
         min_nodes=0,
         max_nodes=intent.max_nodes,
         vm_priority="lowpriority" if intent.low_priority else "dedicated",
-        idle_seconds_before_scaledown=1800,
+        idle_seconds_before_scaledown=intent.idle_seconds,
     )
 
 

@@ -58,7 +58,7 @@ def compute_config(intent):
         min_instances=0,
         max_instances=intent.max_nodes,
         tier="low_priority" if intent.low_priority else "dedicated",
-        idle_time_before_scale_down=1800,
+        idle_time_before_scale_down=intent.idle_seconds,
     )
 
 
