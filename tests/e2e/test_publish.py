@@ -2,17 +2,12 @@
 (Debian's docker-registry, started here), and the refusals that must push nothing."""
 
 import json
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
+from e2e_env import IMAGE, ROOT, copy_submit_tree, submit_sh
 from local_registry import tags
-
-ROOT = Path(__file__).resolve().parents[2]
-IMAGE = os.environ.get("IMAGE", "cifar10-trainer:local")
 
 
 def test_publish_pushes_an_immutable_tag_and_the_digest_pulls_the_same_image(registry):
@@ -34,33 +29,7 @@ def test_publish_pushes_an_immutable_tag_and_the_digest_pulls_the_same_image(reg
 
 @pytest.fixture
 def worktree(tmp_path):
-    """A copy of what `make submit` reads, so its src/ and .azureml/ can be changed freely."""
-    for part in ("azure", "src", "docker", "compose.yaml"):
-        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, tmp_path / part)
-    (tmp_path / ".azureml").mkdir()
-    (tmp_path / "azure-config").mkdir()
-    return tmp_path
-
-
-def submit_sh(worktree, registry, **env):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE", "DRY_RUN"))}
-    return subprocess.run(
-        ["bash", "azure/submit.sh"],
-        cwd=worktree,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-        env={
-            **clean,
-            "IMAGE": IMAGE,
-            "REGISTRY": registry,
-            "AZURE_CONFIG_DIR": str(worktree / "azure-config"),
-            "LOCAL_UID": str(os.getuid()),
-            "LOCAL_GID": str(os.getgid()),
-            **env,
-        },
-    )
+    return copy_submit_tree(tmp_path)
 
 
 def test_stale_src_is_refused_before_anything_is_pushed(worktree, registry):

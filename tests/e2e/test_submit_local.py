@@ -8,13 +8,11 @@ import os
 import shlex
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-IMAGE = os.environ.get("IMAGE", "cifar10-trainer:local")
-IMAGE_SUBMIT_V2 = os.environ.get("IMAGE_SUBMIT_V2", "cifar10-trainer-submit-v2:local")
+from e2e_env import IMAGE, ROOT, copy_submit_tree, submit_env, submit_sh
+
 FAST = "--epochs 1 --fake-data 64 --batch-size 8"
 DATA = "/mnt/azureml/data"  # where azure/local_run.py mounts datastore folders
 
@@ -22,12 +20,7 @@ DATA = "/mnt/azureml/data"  # where azure/local_run.py mounts datastore folders
 @pytest.fixture(scope="module")
 def worktree(tmp_path_factory):
     """A copy of what `make submit` reads, with an outputs folder and a datastore folder."""
-    root = tmp_path_factory.mktemp("worktree")
-    for part in ("azure", "src", "docker", "compose.yaml"):
-        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, root / part)
-    for folder in (".azureml", "azure-config", "outputs", "datastore"):
-        (root / folder).mkdir()
-    return root
+    return copy_submit_tree(tmp_path_factory.mktemp("worktree"), "outputs", "datastore")
 
 
 @pytest.fixture(scope="module")
@@ -48,44 +41,19 @@ def pushed(worktree, registry):
 
 
 def environment(worktree, registry, **env):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE", "DRY_RUN", "LOCAL_", "MLFLOW"))}
-    return {
-        **clean,
-        "IMAGE": IMAGE,
-        "IMAGE_SUBMIT_V2": IMAGE_SUBMIT_V2,
-        "REGISTRY": registry,
-        "COMPUTE": "local",
-        "LOCAL_DATASTORE": str(worktree / "datastore"),
-        "AZURE_CONFIG_DIR": str(worktree / "azure-config"),
-        **env,
-    }
+    return submit_env(worktree, registry, COMPUTE="local", LOCAL_DATASTORE=str(worktree / "datastore"), **env)
 
 
 def submit(worktree, registry, **env):
     """azure/submit.sh as `make submit` runs it; returns (result, the run's outputs folder or None)."""
     before = set((worktree / "outputs").iterdir())
-    r = subprocess.run(
-        ["bash", "azure/submit.sh"],
-        cwd=worktree,
-        env=environment(worktree, registry, **env),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-    )
+    r = submit_sh(worktree, registry, timeout=900, COMPUTE="local", LOCAL_DATASTORE=str(worktree / "datastore"), **env)
     (made,) = set((worktree / "outputs").iterdir()) - before or [None]
     return r, made
 
 
 def dry_run(worktree, registry, **env):
-    r = subprocess.run(
-        ["bash", "azure/submit.sh"],
-        cwd=worktree,
-        env=environment(worktree, registry, DRY_RUN="1", **env),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = submit_sh(worktree, registry, COMPUTE="local", LOCAL_DATASTORE=str(worktree / "datastore"), DRY_RUN="1", **env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout[r.stdout.index("{") :])
 
