@@ -1,0 +1,83 @@
+"""FlatSGD against torch.optim.SGD: the same bits, the same state_dict, either way round."""
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from model import Net
+from sgd import FlatSGD
+
+
+def batches(n, seed=0, batch=4):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)) for _ in range(n)]
+
+
+def train(model, optimizer, data):
+    losses = []
+    for x, y in data:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def fresh(make_optimizer, lr, momentum):
+    torch.manual_seed(0)
+    model = Net()
+    return model, make_optimizer(model, lr, momentum)
+
+
+def torch_sgd(model, lr, momentum):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)  # the tutorial's
+
+
+def same_weights(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize(("lr", "momentum"), [(0.001, 0.9), (0.05, 0.0), (0.01, 0.5)])
+def test_losses_and_weights_equal_torch_sgd_bit_for_bit(lr, momentum):
+    data = batches(300)
+    theirs, ours = fresh(torch_sgd, lr, momentum), fresh(FlatSGD, lr, momentum)
+    assert train(*ours, data) == train(*theirs, data)
+    assert same_weights(ours[0], theirs[0])
+    state, expected = ours[1].state_dict()["state"], theirs[1].state_dict()["state"]
+    assert state.keys() == expected.keys() and len(state) == (10 if momentum else 0)
+    assert all(torch.equal(state[k]["momentum_buffer"], expected[k]["momentum_buffer"]) for k in state)
+
+
+def round_trip(state_dict):
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize(("first", "then"), [(FlatSGD, torch_sgd), (torch_sgd, FlatSGD), (FlatSGD, FlatSGD)])
+@pytest.mark.parametrize("steps_before", [0, 50])
+def test_a_checkpoint_from_either_resumes_in_the_other_exactly(first, then, steps_before):
+    data = batches(100, seed=1)
+    straight = fresh(torch_sgd, 0.001, 0.9)
+    expected = train(*straight, data)
+
+    model, optimizer = fresh(first, 0.001, 0.9)
+    before = train(model, optimizer, data[:steps_before])
+    saved = round_trip({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    model, optimizer = fresh(then, 0.001, 0.9)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    assert before + train(model, optimizer, data[steps_before:]) == expected
+    assert same_weights(model, straight[0])
+
+
+def test_the_models_parameters_are_views_of_the_flat_weights():
+    model, optimizer = fresh(FlatSGD, 0.001, 0.9)
+    train(model, optimizer, batches(3))
+    model.load_state_dict(Net().state_dict())  # in place, as a resume does: still views
+    optimizer.flat.zero_()
+    assert all(p.abs().sum() == 0 for p in model.parameters())
