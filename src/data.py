@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import urllib.error
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -52,8 +53,14 @@ def files(folder):
 
 
 def first_bad_file(folder):
-    """The first file missing or failing its md5 check, or None when the extracted set is intact."""
-    return next((path for path, md5 in files(folder) if not check_integrity(path, md5)), None)
+    """The first file missing or failing its md5 check, or None when the extracted set is intact.
+
+    The files are hashed in parallel: hashlib and file reads release the GIL, so on 2 cores the
+    check of CIFAR-10's 178 MB takes half the time."""
+    listed = files(folder)
+    with ThreadPoolExecutor(max_workers=min(len(listed), os.cpu_count() or 1)) as pool:
+        intact = list(pool.map(lambda entry: check_integrity(*entry), listed))
+    return next((path for (path, _), ok in zip(listed, intact, strict=True) if not ok), None)
 
 
 def scratch_folder():
@@ -113,9 +120,17 @@ def prepare(root, download=True):
     return root
 
 
+class CheckedCIFAR10(datasets.CIFAR10):
+    """torchvision's CIFAR10 reader, for a folder prepare() has just checked: each open would
+    otherwise hash all six data files again (torchvision's _check_integrity), twice per run."""
+
+    def _check_integrity(self):
+        return True
+
+
 def open_cifar10(folder, train, transform=None):
-    """torchvision's own CIFAR10 reader over a folder that prepare() returned."""
-    return datasets.CIFAR10(folder, train=train, download=False, transform=transform)
+    """torchvision's own CIFAR10 reader over a folder that prepare() returned (and so checked)."""
+    return CheckedCIFAR10(folder, train=train, download=False, transform=transform)
 
 
 def to_tensors(dataset):

@@ -8,6 +8,7 @@ trainer's losses are bit-identical to the tutorial's for the same samples. Large
 """
 
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -32,3 +33,15 @@ def configure_cpu(requested, batch_size, local_world=1):
     threads = cpu_threads(requested, batch_size, local_world)
     torch.set_num_threads(threads)
     return threads
+
+
+@contextmanager
+def threads_for(requested, batch_size, local_world=1):
+    """torch's threads for a stretch of work at another batch size (the test set's evaluation in
+    batches of 1000 gets the cores where training at batch 4 has one), then back as they were."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(cpu_threads(requested, batch_size, local_world))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

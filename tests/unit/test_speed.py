@@ -31,6 +31,15 @@ def test_omp_num_threads_wins_over_the_batch_rule(monkeypatch):
     assert speed.configure_cpu(0, 4) == 2
 
 
+@pytest.mark.parametrize(("requested", "expected"), [(0, 4), (3, 3)])
+def test_threads_for_a_stretch_of_larger_batches_then_back(requested, expected):
+    speed.configure_cpu(requested, 4, local_world=2)
+    before = torch.get_num_threads()
+    with speed.threads_for(requested, 1000, local_world=2):
+        assert torch.get_num_threads() == expected  # this rank's share of the 8 cores, or --threads
+    assert torch.get_num_threads() == before
+
+
 def test_package_fingerprint_changes_when_a_package_version_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [str(tmp_path)])
     (tmp_path / "torch-2.14.1.dist-info").mkdir()
