@@ -3,6 +3,7 @@
     make bench                                  # 2 epochs, 2 rounds (11 min on 2 busy shared cores)
     make bench ARGS="--epochs 1 --rounds 3"     # shorter epochs, more rounds
     make bench ARGS="--product-flags=--threads 1"   # extra trainer flags for the product rounds
+    make bench ARGS="--before cifar10-trainer:OLD"  # also an earlier build of the image, same rounds
 
 Runs on the host (Python's standard library only) and drives `docker compose run` against the built
 image. Both programs train on the same generated 50,000-image data set in the real CIFAR-10 on-disk
@@ -10,7 +11,9 @@ format, with torchvision's md5 check satisfied (bench/on_fixture.py), in the sam
 - tutorial: bench/tutorial_train.py, the Azure tutorial's train.py (ToTensor, DataLoader batch 4,
   shuffle, 2 workers, SGD(0.001, 0.9), a loss line every 2000 mini-batches);
 - product:  `docker compose run train` with default flags (src/train.py).
-Rounds alternate which goes first. Printed: each whole command's wall time, their ratio with its range
+With --before IMAGE, an earlier build of the product runs the same command in the same rounds (its
+own /app/src, default flags), for before/after figures measured side by side. Rounds rotate which
+goes first. Printed: each whole command's wall time, their ratio with its range
 over rounds, training images/s, where the product's time goes (from when each output line arrived),
 and both loss trajectories. Then, in one container: a float32 2048x2048 matmul rate, the trainer at
 batch 512 (images/s and its share of that rate) and the test-set evaluation time (bench/kernels.py).
@@ -86,6 +89,7 @@ def main():
         default="",
         help='extra trainer flags for the product rounds, e.g. "--threads 1" (printed with the results)',
     )
+    p.add_argument("--before", metavar="IMAGE", help="an earlier build of the image, timed in the same rounds")
     p.add_argument("--no-kernels", action="store_true", help="skip the matmul / batch 512 / evaluation figures")
     p.add_argument("--loop", action="store_true", help="also the bare-loop detail (bench/throughput.py)")
     args = p.parse_args()
@@ -109,21 +113,25 @@ def main():
 
         # the tutorial runs its fixed 2 epochs; --epochs 1 stops it after the first (see tutorial_epochs)
         tutorial = ["python", "/app/bench/on_fixture.py", "/app/bench/tutorial_train.py"]
-        product = ["python", "/app/bench/on_fixture.py", "/app/src/train.py", *args.product_flags.split()]
+        before = ["python", "/app/bench/on_fixture.py", "/app/src/train.py"]  # default flags
         if args.epochs != 2:
             tutorial = ["env", f"TUTORIAL_EPOCHS={args.epochs}", *tutorial]
-            product += ["--epochs", str(args.epochs)]
+            before += ["--epochs", str(args.epochs)]
+        product = [*before, *args.product_flags.split()]
         _, lines, rc = compose_run(env, "true")
-        results = {"tutorial": [], "product": []}
+        commands = {"tutorial": tutorial, "product": product, **({"before": before} if args.before else {})}
+        results = {name: [] for name in commands}
         overhead = []
         for r in range(args.rounds):
-            order = ("tutorial", "product") if r % 2 == 0 else ("product", "tutorial")
-            for name in order:
+            names = list(commands)
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 run_env = folders(env, work, f"{name}-{r}")
-                seconds, lines, rc = compose_run(run_env, *(tutorial if name == "tutorial" else product))
+                if name == "before":
+                    run_env["IMAGE"] = args.before
+                seconds, lines, rc = compose_run(run_env, *commands[name])
                 must(rc, lines, name)
                 summary = {}
-                if name == "product":
+                if name != "tutorial":
                     summary = json.loads((Path(run_env["OUTPUTS_DIR"]) / "summary.json").read_text())
                 results[name].append({"wall": seconds, "lines": lines, "summary": summary})
                 print(f"round {r + 1}: {name:8s} {seconds:6.1f} s   (load {os.getloadavg()[0]:.1f})", flush=True)
@@ -144,39 +152,61 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
 
+def ratio_line(label, slower, faster):
+    """Best over best, and the range of the per-round ratios (programs of one round ran back to back)."""
+    per_round = [a["wall"] / b["wall"] for a, b in zip(slower, faster, strict=True)]
+    best = min(r["wall"] for r in slower) / min(r["wall"] for r in faster)
+    print(f"  {label}: {best:.2f}x (per round {min(per_round):.2f}x-{max(per_round):.2f}x)")
+
+
 def report(results, args, overhead):
-    tut, prod = results["tutorial"], results["product"]
-    ratios = [t["wall"] / p["wall"] for t, p in zip(tut, prod, strict=True)]
-    best_t, best_p = min(r["wall"] for r in tut), min(r["wall"] for r in prod)
+    tut, prod, before = results["tutorial"], results["product"], results.get("before")
+    names = {
+        "tutorial": "tutorial train.py (same image)",
+        "product": f"docker compose run train {args.product_flags or '(default flags)'}",
+        "before": f"the same, image {args.before}",
+    }
     print(f"\nwhole command, {args.epochs} epoch(s) of {args.images} images, best of {args.rounds} rounds:")
-    print(f"  tutorial train.py (same image):   {best_t:6.1f} s")
-    print(f"  docker compose run train {args.product_flags or '(default flags)'}: {best_p:6.1f} s")
-    print(f"  ratio tutorial/product: {best_t / best_p:.2f}x (per round {min(ratios):.2f}x-{max(ratios):.2f}x)")
+    for name, runs in results.items():
+        print(f"  {names[name] + ':':44s} {min(r['wall'] for r in runs):6.1f} s")
+    ratio_line("ratio tutorial/product", tut, prod)
+    if before:
+        ratio_line("ratio tutorial/before", tut, before)
+        ratio_line("product speed-up over before", before, prod)
     print(f"  of each, `docker compose run train true` (container start and stop): {overhead:.1f} s")
 
-    print("\ntraining images/s, best round, from the first to the last loss line's arrival (both alike):")
-    for name, runs in (("tutorial", tut), ("product", prod)):
+    print("\ntraining images/s, best round, from the first to the last loss line's arrival (all alike):")
+    for name, runs in results.items():
         print(f"  {name:8s} {max(steady_rate(r['lines'], args) for r in runs):7.0f}")
-    loop = max(r["summary"]["images_per_sec"] for r in prod)
-    print(f"  product, its training loop alone (summary.json images_per_sec): {loop:7.0f}")
+    for name, runs in results.items():
+        if name != "tutorial":
+            loop = max(r["summary"]["images_per_sec"] for r in runs)
+            print(f"  {name}, its training loop alone (summary.json images_per_sec): {loop:7.0f}")
 
-    best = min(prod, key=lambda r: r["wall"])
-    lines, s = best["lines"], best["summary"]
-    first_loss = at(lines, LOSS.pattern) or at(lines, "Finished Training")
-    print("\nwhere the product's time goes (fastest round; seconds from the command's start):")
-    print(f"  first output line (config; imports, data set opened and decoded): {lines[0][0]:6.1f}")
-    print(f"  first loss line:                                                  {first_loss:6.1f}")
-    print(f"  'Finished Training':                                              {at(lines, 'Finished Training'):6.1f}")
-    print(f"  command done (weights, plot, summary, container removed):         {best['wall']:6.1f}")
-    print(f"  of which the training loop itself: {s['train_seconds']:.1f} s; threads {s.get('threads')}")
+    for name, runs in results.items():
+        if name == "tutorial":
+            continue
+        best = min(runs, key=lambda r: r["wall"])
+        lines, s = best["lines"], best["summary"]
+        finished = at(lines, "Finished Training")
+        first_loss = at(lines, LOSS.pattern) or finished
+        print(f"\nwhere the {name}'s time goes (fastest round; seconds from the command's start):")
+        print(f"  first output line (config; imports, data set opened and decoded): {lines[0][0]:6.1f}")
+        print(f"  first loss line:                                                  {first_loss:6.1f}")
+        print(f"  'Finished Training':                                              {finished:6.1f}")
+        print(f"  command done (weights, plot, summary, container removed):         {best['wall']:6.1f}")
+        print(f"  of which the training loop itself: {s['train_seconds']:.1f} s; threads {s.get('threads')}")
 
     print("\nloss every 2000 mini-batches (first round of each):")
-    a, b = losses(tut[0]["lines"]), losses(prod[0]["lines"])
-    print("  epoch batch  tutorial  product")
-    for (e, i, x), (_, _, y) in zip(a, b, strict=False):
-        print(f"  {e:5d} {i:5d}  {x:8s}  {y:7s}")
-    same = [x for *_, x in a] == [y for *_, y in b]
-    print(f"  trajectories agree to the printed digits: {'yes' if same else 'NO'} ({len(a)} vs {len(b)} lines)")
+    trajectories = {name: losses(runs[0]["lines"]) for name, runs in results.items()}
+    print("  epoch batch  " + "  ".join(f"{name:>8s}" for name in trajectories))
+    for rows in zip(*trajectories.values(), strict=False):
+        e, i, _ = rows[0]
+        print(f"  {e:5d} {i:5d}  " + "  ".join(f"{v:>8s}" for *_, v in rows))
+    values = [[v for *_, v in t] for t in trajectories.values()]
+    same = all(v == values[0] for v in values)
+    counts = " vs ".join(str(len(v)) for v in values)
+    print(f"  trajectories agree to the printed digits: {'yes' if same else 'NO'} ({counts} lines)")
 
 
 if __name__ == "__main__":
