@@ -13,6 +13,16 @@ its own format: state_dict() is its, and checkpoints load into either.
 import torch
 
 
+def memory_order(t):
+    """t's dimensions from outermost to innermost in memory; None when that is their own order."""
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    return None if t.is_contiguous() else order
+
+
+def inverse(order):
+    return sorted(range(len(order)), key=order.__getitem__)
+
+
 class FlatSGD:
     """torch.optim.SGD(model.parameters(), lr, momentum), all parameters on one device."""
 
@@ -20,24 +30,35 @@ class FlatSGD:
         self.params = list(model.parameters())
         self.torch_sgd = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
         self.lr, self.momentum = lr, momentum
+        # A parameter stored in another order than its dimensions' (channels_last on CUDA) keeps that
+        # layout: its slice of the flat tensor, and its gradient, are read in memory order.
+        self.layouts = [memory_order(p) for p in self.params]
         # One storage for all weights; the parameters become views of it. In-place writes
         # (load_state_dict, DDP's broadcast from rank 0) keep them views; model.to() must come before.
-        self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])
+        self.flat = self.gather(p.detach() for p in self.params)
         for p, view in zip(self.params, self.views(self.flat), strict=True):
             p.data = view
         self.buffer = None  # the momentum buffer, flat, made by the first step as in torch's SGD
 
+    def gather(self, tensors):
+        """One flat tensor of the parameters' `tensors` (weights, gradients, buffers), in layout order."""
+        pairs = zip(tensors, self.layouts, strict=True)
+        return torch.cat([(t if o is None else t.permute(o)).reshape(-1) for t, o in pairs])
+
     def views(self, flat):
-        """Each parameter's slice of `flat`, in its shape."""
-        sizes = [p.numel() for p in self.params]
-        return [v.view_as(p) for v, p in zip(flat.split(sizes), self.params, strict=True)]
+        """Each parameter's slice of `flat`, in its shape and memory layout."""
+        parts = flat.split([p.numel() for p in self.params])
+        return [
+            part.view_as(p) if o is None else part.view([p.shape[d] for d in o]).permute(inverse(o))
+            for p, o, part in zip(self.params, self.layouts, parts, strict=True)
+        ]
 
     def zero_grad(self):
         for p in self.params:
             p.grad = None  # backward then hands each gradient over instead of adding it to zeros
 
     def step(self):
-        grad = torch.cat([p.grad.reshape(-1) for p in self.params])
+        grad = self.gather(p.grad for p in self.params)
         if self.momentum:
             if self.buffer is None:
                 self.buffer = grad
@@ -59,4 +80,4 @@ class FlatSGD:
         self.lr, self.momentum = group["lr"], group["momentum"]
         buffers = [self.torch_sgd.state[p].get("momentum_buffer") for p in self.params]
         # None when saved before the first step: the next step starts the buffer, as torch's SGD does.
-        self.buffer = torch.cat([b.reshape(-1) for b in buffers]) if all(b is not None for b in buffers) else None
+        self.buffer = self.gather(buffers) if all(b is not None for b in buffers) else None

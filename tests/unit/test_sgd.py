@@ -81,3 +81,20 @@ def test_the_models_parameters_are_views_of_the_flat_weights():
     model.load_state_dict(Net().state_dict())  # in place, as a resume does: still views
     optimizer.flat.zero_()
     assert all(p.abs().sum() == 0 for p in model.parameters())
+
+
+def test_a_channels_last_model_keeps_its_layout_and_the_same_bits():
+    data = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches(60, seed=2)]
+
+    def channels_last(make_optimizer):
+        def make(model, lr, momentum):
+            model.to(memory_format=torch.channels_last)  # as the trainer does on CUDA, before the optimizer
+            return make_optimizer(model, lr, momentum)
+
+        return make
+
+    theirs, ours = fresh(channels_last(torch_sgd), 0.001, 0.9), fresh(channels_last(FlatSGD), 0.001, 0.9)
+    assert ours[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert train(*ours, data) == train(*theirs, data)
+    assert same_weights(ours[0], theirs[0])
+    assert ours[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
