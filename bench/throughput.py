@@ -6,7 +6,9 @@ The tutorial pipeline is verbatim: torchvision CIFAR10 + ToTensor + Normalize an
 DataLoader(batch_size=4, shuffle=True, num_workers=2). Ours decodes once and slices
 randperm batches out of a uint8 tensor. Both train the tutorial's Net with SGD(0.001, 0.9).
 Prints images/s for each, their ratio, ours at other thread counts and batch sizes, and
-the largest loss difference when both see the same order of samples.
+the largest loss difference when both see the same order of samples. Then a step at batch 4 on one
+thread taken apart: torch.optim.SGD against the trainer's FlatSGD side by side, and how much of the
+step the tutorial's own kernels take (torch.profiler), the rest being dispatch, autograd and Python.
 """
 
 import argparse
@@ -57,6 +59,53 @@ def losses(batches, steps, optimizer_fn):
     return torch.tensor([train_step(model, optimizer, criterion, *next(it)).item() for _ in range(steps)])
 
 
+# The tutorial's arithmetic, by the aten ops that do it (forward and backward), as torch.profiler names them.
+KERNELS = {
+    "convolutions (oneDNN)": ("aten::mkldnn_convolution", "aten::convolution_backward"),
+    "max pooling": ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward"),
+    "linear layers": ("aten::addmm", "aten::mm", "aten::sum"),
+    "ReLU": ("aten::clamp_min", "aten::threshold_backward"),
+    "cross-entropy": (
+        "aten::_log_softmax",
+        "aten::nll_loss_forward",
+        "aten::nll_loss_backward",
+        "aten::_log_softmax_backward_data",
+    ),
+}
+
+
+def step_anatomy(x, y, steps, rounds=3):
+    """Microseconds per step at batch 4 on one thread, and the tutorial's kernels' share of it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    per_step = {"torch.optim.SGD (the tutorial's)": [], "FlatSGD (the trainer's)": []}
+    for _ in range(rounds):  # alternating, so that both see the same machine
+        for name, optimizer_fn in zip(per_step, (tutorial_optimizer, make_optimizer), strict=True):
+            ips = timed(data.fast_batches(x, y, 4, torch.randperm(len(x))), steps, 4, optimizer_fn)
+            per_step[name].append(4e6 / ips)
+    print(f"\na step at batch 4, 1 thread, best of {rounds} alternating rounds of {steps} steps:")
+    for name, us in per_step.items():
+        print(f"  with {name:34s} {min(us):6.0f} us/step (rounds {min(us):.0f}-{max(us):.0f})")
+
+    torch.manual_seed(0)
+    model, criterion = Net(), nn.CrossEntropyLoss()
+    optimizer = make_optimizer(model, lr=0.001, momentum=0.9)
+    batches = list(data.fast_batches(x, y, 4, torch.randperm(len(x))[: 4 * steps]))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for inputs, labels in batches:
+            train_step(model, optimizer, criterion, inputs, labels).item()
+    self_us = {e.key: e.self_cpu_time_total / len(batches) for e in prof.key_averages()}
+    total = min(per_step["FlatSGD (the trainer's)"])
+    print(f"  of the trainer's {total:.0f} us, in the tutorial's own kernels (self time, torch.profiler):")
+    inside = 0.0
+    for group, ops in KERNELS.items():
+        us = sum(self_us.get(op, 0.0) for op in ops)
+        inside += us
+        print(f"    {group:24s} {us:6.0f} us")
+    print(f"    {'together':24s} {inside:6.0f} us ({inside / total:.0%}); the rest is dispatch, autograd, SGD, Python")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=3000, help="timed SGD steps at batch 4")
@@ -95,6 +144,7 @@ def main():
     a = losses(DataLoader(trainset, batch_size=4, sampler=order.tolist(), num_workers=2), 200, tutorial_optimizer)
     b = losses(data.fast_batches(x, y, 4, order), 200, make_optimizer)
     print(f"same order, 200 steps: max |loss difference| = {(a - b).abs().max().item():.3g}")
+    step_anatomy(x, y, args.steps)
 
 
 if __name__ == "__main__":
