@@ -15,8 +15,7 @@ import torch
 
 def memory_order(t):
     """t's dimensions from outermost to innermost in memory; None when that is their own order."""
-    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
-    return None if t.is_contiguous() else order
+    return None if t.is_contiguous() else sorted(range(t.dim()), key=lambda d: -t.stride(d))
 
 
 def inverse(order):
