@@ -28,7 +28,6 @@ class FlatSGD:
     def __init__(self, model, lr, momentum):
         self.params = list(model.parameters())
         self.torch_sgd = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
-        self.lr, self.momentum = lr, momentum
         # A parameter stored in another order than its dimensions' (channels_last on CUDA) keeps that
         # layout: its slice of the flat tensor, and its gradient, are read in memory order.
         self.layouts = [memory_order(p) for p in self.params]
@@ -57,14 +56,15 @@ class FlatSGD:
             p.grad = None  # backward then hands each gradient over instead of adding it to zeros
 
     def step(self):
+        group = self.torch_sgd.param_groups[0]
         grad = self.gather(p.grad for p in self.params)
-        if self.momentum:
+        if group["momentum"]:
             if self.buffer is None:
                 self.buffer = grad
             else:
-                self.buffer.mul_(self.momentum).add_(grad)
+                self.buffer.mul_(group["momentum"]).add_(grad)
             grad = self.buffer
-        self.flat.add_(grad, alpha=-self.lr)
+        self.flat.add_(grad, alpha=-group["lr"])
 
     def state_dict(self):
         state = self.torch_sgd.state
@@ -75,8 +75,6 @@ class FlatSGD:
 
     def load_state_dict(self, state_dict):
         self.torch_sgd.load_state_dict(state_dict)
-        group = self.torch_sgd.param_groups[0]
-        self.lr, self.momentum = group["lr"], group["momentum"]
         buffers = [self.torch_sgd.state[p].get("momentum_buffer") for p in self.params]
         # None when saved before the first step: the next step starts the buffer, as torch's SGD does.
         self.buffer = self.gather(buffers) if all(b is not None for b in buffers) else None
