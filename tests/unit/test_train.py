@@ -96,6 +96,28 @@ def test_real_format_cifar_files_train_through_torchvision(cifar_dir, tmp_path, 
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["config"]["fake_data"] == 0
 
 
+def test_a_run_hashes_each_data_file_once_and_still_catches_corruption(cifar_dir, tmp_path, monkeypatch):
+    from torchvision.datasets import utils
+
+    hashed = []
+
+    def counting_md5(path, *args, **kwargs):
+        hashed.append(Path(path).name)
+        return real_md5(path, *args, **kwargs)
+
+    real_md5 = utils.calculate_md5
+    monkeypatch.setattr(utils, "calculate_md5", counting_md5)
+    assert run_main(tmp_path, "--epochs 1 --no-download") == 0
+    # The six data files (178 MB in CIFAR-10) once each, not three times; torchvision's reader also
+    # checks the 158-byte batches.meta on each of the two opens.
+    assert sorted(n for n in hashed if n != "batches.meta") == [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
+    assert "batches.meta" in hashed
+
+    batch = cifar_dir / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:-1])
+    assert run_main(tmp_path, "--epochs 1 --no-download --overwrite") == 1  # the one check is the one that counts
+
+
 def test_missing_data_without_network_is_one_clear_error(tmp_path, capsys):
     assert run_main(tmp_path, "--no-download") == 1
     err = capsys.readouterr().err
