@@ -7,8 +7,7 @@ DATA_DIR     ?= ./data
 OUTPUTS_DIR  ?= ./outputs
 CHECKPOINTS_DIR ?= ./checkpoints
 HOST_VENV    ?= .venv-host
-# make submit: see README "Azure ML" for each (REGISTRY, SDK, DRY_RUN, AUTH, COMPUTE, VM_SIZE,
-# MAX_NODES, LOW_PRIORITY, EXPERIMENT, SHM_SIZE, DATASTORE, DATA_PATH, CHECKPOINT_PATH, WAIT)
+# make submit / upload-data: docs/azure.md lists their variables (azure/submit.py reads them, once)
 TRAIN_ARGS   ?= --epochs $(EPOCHS)
 PROCS        ?= 2
 IMAGE_MLFLOW  ?= cifar10-mlflow:local
@@ -35,7 +34,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build build-submit-v2 build-tracking ui lock-mlflow train train-ddp train-2node dirs submit test test-unit test-e2e lint lock bench bench-ddp bench-image clean
+.PHONY: help build build-submit-v2 build-tracking ui lock-mlflow train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp bench-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -47,7 +46,7 @@ train: build dirs ## train in the image: make train EPOCHS=1 ARGS="--fake-data 2
 	$(COMPOSE) run --rm train --epochs $(EPOCHS) $(ARGS)
 
 train-ddp: build dirs ## one container, PROCS processes (torchrun): make train-ddp PROCS=2 ARGS="--fake-data 4000"
-	$(COMPOSE) run --rm train torchrun --standalone --nproc-per-node $(PROCS) /app/src/train.py --epochs $(EPOCHS) $(ARGS)
+	$(COMPOSE) run --rm train python /app/src/launch.py --standalone --nproc-per-node $(PROCS) /app/src/train.py --epochs $(EPOCHS) $(ARGS)
 
 train-2node: build dirs ## a 2-node job as two containers, as on Azure ML: make train-2node DDP_ARGS="..."
 	$(COMPOSE) --profile ddp up --abort-on-container-exit --exit-code-from node0 node0 node1
@@ -60,6 +59,10 @@ submit: build $(if $(filter v2,$(SDK)),build-submit-v2) ## push by digest, submi
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	bash azure/submit.sh
 
+upload-data: build $(if $(filter v2,$(SDK)),build-submit-v2) ## ./data to the default datastore at DATA_PATH (tutorial part 4; COMPUTE=local: LOCAL_DATASTORE)
+	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
+	bash azure/submit.sh upload-data
+
 build-submit-v2: ## the image that submits with SDK v2 (azure-ai-ml), kept apart from the runtime
 	$(COMPOSE) --profile azure build submit-v2
 
@@ -68,7 +71,7 @@ test: lint build build-submit-v2 build-tracking test-unit test-e2e ## lint, buil
 test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the submit-v2 image)
 	$(COMPOSE) run --rm test
 	$(COMPOSE) --profile azure run --rm -v $(CURDIR)/tests:/app/tests:ro -v $(CURDIR)/pyproject.toml:/app/pyproject.toml:ro \
-	  -w /app --entrypoint python submit-v2 -m pytest -p no:cacheprovider tests/unit/test_azure_v2.py
+	  -v $(CURDIR)/src:/app/src:ro -w /app --entrypoint python submit-v2 -m pytest -p no:cacheprovider tests/unit/test_azure_v2.py
 
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
 	$(PYTEST) -p no:cacheprovider tests/e2e

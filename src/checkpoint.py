@@ -2,6 +2,7 @@
 
 A checkpoint is one self-describing dict (weights, optimizer, RNG, loop state, recipe), written
 by rank 0 atomically and durably, loaded with weights_only=True, refused if its recipe differs.
+Each run has a folder of its own (runs.py): rotation only ever sees that run's files.
 """
 
 from pathlib import Path
@@ -58,7 +59,8 @@ class Checkpoints:
         self.folder, self.recipe, self.write = Path(folder), recipe, write
 
     def save(self, model, optimizer, state):
-        """Write step-<global step>.pt, then drop all but the newest KEEP; the path, or None if not ours."""
+        """Write step-<global step>.pt, then drop the run's others but the one before it (KEEP); the path,
+        or None if not ours. Later steps are dropped too: a run resumed from an earlier file left them."""
         if not self.write:
             return None
         path = self.folder / f"step-{state['global_step']:08d}.pt"
@@ -71,13 +73,12 @@ class Checkpoints:
             "recipe": self.recipe,
         }
         save_torch(ckpt, path, "--checkpoint-dir")
-        for old in sorted(self.folder.glob("step-*.pt"))[:-KEEP]:
-            old.unlink()
+        found = sorted(self.folder.glob("step-*.pt"))
+        kept = {path, *[p for p in found if p.name < path.name][-(KEEP - 1) :]}
+        for old in found:
+            if old not in kept:
+                old.unlink()
         return path
-
-    def resolve(self, resume):
-        """--resume's value as a path: 'auto' is the newest here (None: start afresh)."""
-        return find_latest(self.folder) if resume == "auto" else (Path(resume) if resume else None)
 
     def restore(self, path, model, optimizer):
         """Load `path` into model and optimizer, set torch's RNG; returns the loop state it recorded."""

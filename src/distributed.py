@@ -19,6 +19,7 @@ from errors import TrainerError
 
 class Distributed:
     def __init__(self, environ=os.environ):
+        self.environ = environ
         self.world = int(environ.get("WORLD_SIZE", "1"))
         self.rank = int(environ.get("RANK", "0"))
         self.local_rank = int(environ.get("LOCAL_RANK", "0"))
@@ -32,6 +33,10 @@ class Distributed:
         if not self.on:
             return
         backend = "nccl" if device.startswith("cuda") else "gloo"
+        interface = gloo_interface(self.environ) if backend == "gloo" else None
+        if interface:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+            print(f"note: this host's name resolves to a loopback address: gloo uses {interface} (GLOO_SOCKET_IFNAME)")
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
         self.local_world = self.gather(socket.gethostname()).count(socket.gethostname())
 
@@ -76,6 +81,29 @@ class Distributed:
             )
         return result if self.local_rank == 0 else prepare()
 
+    def from_main(self, decide):
+        """decide() on rank 0 alone, its result (or its TrainerError) on every rank: one process
+        creates and claims the run's folders, and every rank continues from the same checkpoint."""
+        if not self.on:
+            return decide()
+        result = error = None
+        if self.main:
+            try:
+                result = decide()
+            except TrainerError as e:
+                error = e
+        box = [(result, error and (str(error), error.exit_code))]
+        dist.broadcast_object_list(box, src=0)
+        result, said = box[0]
+        if said and error:
+            raise error
+        if said:
+            error = TrainerError(f"rank 0 stopped the run: {said[0]}")
+            error.exit_code = said[1]
+            error.quiet = "TORCHELASTIC_RUN_ID" in self.environ  # torchrun: one terminal, rank 0 said it
+            raise error
+        return result
+
     def lost_peer(self, error):
         """The one-line TrainerError for a collective that failed because another rank went away."""
         # gloo prefixes its source location: keep the first sentence after it
@@ -88,6 +116,43 @@ class Distributed:
     def close(self):
         if self.on and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def interface_address(name):
+    """The IPv4 address of a network interface, or None (Linux's SIOCGIFADDR ioctl)."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def route_interface(address, port):
+    """The interface this host reaches `address` through (a UDP connect sends nothing; it routes)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((address, int(port)))
+        local = s.getsockname()[0]
+    return next((name for _, name in socket.if_nameindex() if interface_address(name) == local), None)
+
+
+def gloo_interface(environ):
+    """The interface gloo should use where its own choice would fail, else None. gloo binds to the
+    address the hostname resolves to; Debian-style /etc/hosts maps it to 127.0.1.1, and the other
+    nodes cannot reach that (pytorch/pytorch#15592). GLOO_SOCKET_IFNAME, when set, is the user's."""
+    if environ.get("GLOO_SOCKET_IFNAME"):
+        return None
+    try:
+        own = socket.gethostbyname(socket.gethostname())
+        master = socket.gethostbyname(environ.get("MASTER_ADDR", "127.0.0.1"))
+    except OSError:
+        return None
+    if not own.startswith("127.") or master.startswith("127."):
+        return None
+    return route_interface(master, environ.get("MASTER_PORT", "29500"))
 
 
 class StopFlag:

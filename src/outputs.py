@@ -16,7 +16,14 @@ import torch
 
 from errors import TrainerError
 
-OUTPUT_NAMES = ("summary.json", "metrics.jsonl")  # what marks a folder as holding a run's results
+# What marks a folder as holding a run's results: any one of them (an old clone may hold weights alone).
+OUTPUT_NAMES = ("summary.json", "metrics.jsonl", "model.pt", "curves.png")
+# A folder fsync that a FUSE mount refuses: blobfuse2 answers EIO when it cannot sync (its libfuse
+# handler's fsyncdir), others EINVAL or ENOTSUP. The file itself was fsynced before the rename.
+FSYNC_DIR_REFUSED = (errno.EIO, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF)
+# File systems whose files go with the container: its own root (overlay) and a tmpfs such as /tmp.
+VOLATILE = ("overlay", "tmpfs", "aufs", "ramfs")
+MOUNTINFO = "/proc/self/mountinfo"
 
 
 class OutputError(TrainerError):
@@ -32,10 +39,22 @@ def write_failed(folder, error, flag):
     return OutputError(f"cannot write to {folder}/ ({error.strerror or error}): {fix}")
 
 
+_fsync_dir_refused = set()  # folders whose mount refused a folder fsync: said once, then skipped
+
+
 def fsync_dir(folder):
+    """fsync a folder, so that a rename in it survives a power cut. A FUSE mount that refuses
+    (blob storage: renames are copies there anyway) costs one note, never the run."""
+    if folder in _fsync_dir_refused:
+        return
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in FSYNC_DIR_REFUSED:
+            raise
+        _fsync_dir_refused.add(folder)
+        print(f"note: {folder}/ cannot fsync folders ({e.strerror}; a FUSE mount?): files are still fsynced")
     finally:
         os.close(fd)
 
@@ -57,16 +76,63 @@ def atomic_write(path, write, flag="--output-dir"):
         raise write_failed(path.parent, e, flag) from None
 
 
+def mounts(mountinfo=MOUNTINFO):
+    """{mount point: file system type} of this process (Linux's /proc/self/mountinfo), {} elsewhere."""
+    try:
+        return mounts_from(Path(mountinfo).read_text())
+    except OSError:
+        return {}
+
+
+def mounts_from(text):
+    found = {}
+    for line in text.splitlines():
+        fields = line.split()
+        fs = fields[fields.index("-") + 1]  # after the optional fields' "-" separator
+        found[fields[4].replace("\\040", " ")] = fs
+    return found
+
+
+def mount_of(path, table):
+    """(mount point, file system type) holding path: the longest mount point above it."""
+    path = os.path.abspath(path)
+    points = [m for m in table if path == m or path.startswith(m.rstrip("/") + "/")]
+    point = max(points, key=len, default="/")
+    return point, table.get(point, "")
+
+
+def in_container():
+    return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
+
+
+def volumes(table):
+    """The folders mounted into this container for data (not the system's own files)."""
+    system = ("/proc", "/sys", "/dev", "/etc/")
+    return sorted(m for m, fs in table.items() if m != "/" and fs not in VOLATILE and not m.startswith(system))
+
+
+def vanishing(folder, table=None, container=None):
+    """None, or one line saying that folder lives in the container itself and goes with it."""
+    table = mounts() if table is None else table
+    if not (in_container() if container is None else container) or not table:
+        return None
+    point, fs = mount_of(folder, table)
+    if fs not in VOLATILE:
+        return None
+    where = "on a tmpfs" if fs in ("tmpfs", "ramfs") else "in the container's own file system"
+    keep = ", ".join(volumes(table)) or "none; docker run -v HOST_FOLDER:/work/outputs"
+    return f"{folder} is {where}: its files are lost with the container; write under a mounted folder ({keep})"
+
+
 def make_dirs(*folders_and_flags):
     """Create each (folder, flag) pair's folder, or one OutputError naming it."""
     for folder, flag in folders_and_flags:
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            where = e.filename or folder
-            raise OutputError(
-                f"cannot create {where}: {e.strerror}; mount a writable folder there or pass another {flag}"
-            ) from None
+            where, table = e.filename or folder, mounts()
+            keep = f" under a mounted folder ({', '.join(volumes(table))})" if in_container() and table else ""
+            raise OutputError(f"cannot create {where}: {e.strerror}; pass another {flag}{keep}") from None
 
 
 def claim(out_dir, overwrite):
@@ -98,8 +164,8 @@ def save_torch(obj, path, flag="--output-dir"):
     atomic_write(path, lambda f: f.write(buffer.getbuffer()), flag)
 
 
-def write_summary(summary, path):
-    atomic_write(path, lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
+def write_json(obj, path, flag="--output-dir"):
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()), flag)
 
 
 def plot(metrics_path, png_path):
@@ -111,11 +177,16 @@ def plot(metrics_path, png_path):
 
     lines = Path(metrics_path).read_text().splitlines() if Path(metrics_path).exists() else []
     rows = [json.loads(line) for line in lines]  # none when a finished run is resumed into a new folder
-    loss = [(r["step"], r["value"]) for r in rows if r["name"] == "loss"]
+    series = {n: [(r["step"], r["value"]) for r in rows if r["name"] == n] for n in ("loss", "train/epoch_loss")}
     acc = [(r["epoch"], r["value"]) for r in rows if r["name"] == "test/accuracy"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    if loss:
-        a.plot(*zip(*loss, strict=True))
+    # The tutorial's `loss` (every --log-interval mini-batches), and each epoch's mean: a run too
+    # short for the first has the second, so the panel is never empty.
+    for (name, points), style in zip(series.items(), ({}, {"marker": "o"}), strict=True):
+        if points:
+            a.plot(*zip(*points, strict=True), label=name, **style)
+    if any(series.values()):
+        a.legend()
     a.set(title="training loss", xlabel="step", ylabel="cross-entropy")
     if acc:
         b.plot(*zip(*acc, strict=True), marker="o")

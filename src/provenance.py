@@ -44,6 +44,8 @@ def packages_fingerprint():
 def provenance():
     import torch
 
+    from device import cuda_versions
+
     return {
         "image_ref": os.environ.get("IMAGE_REF", "none"),
         "image_revision": os.environ.get("IMAGE_REVISION", "none"),
@@ -53,6 +55,7 @@ def provenance():
         "torch": torch.__version__,
         "torchvision": metadata.version("torchvision"),
         "packages_sha256": packages_fingerprint(),
+        **cuda_versions(),  # cuda_runtime, nvidia_driver: what a GPU run ran on
     }
 
 

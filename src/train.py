@@ -9,132 +9,34 @@ Runs the same under `docker compose run train` and on Azure ML (ScriptRunConfig 
 Exit status: 0 done, 1 a problem the message explains, 2 bad flags, 75 stopped by a signal after a checkpoint.
 """
 
-import argparse
 import gc
 import json
-import math
-import os
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import cli
 import data
 import outputs
+import runs
 from checkpoint import Checkpoints
+from cli import parse_args
+from device import Device, setup_device, threads_for
 from distributed import Distributed, StopFlag
 from errors import TrainerError
 from metrics import Metrics, azureml_run, mlflow_tracking
 from model import Net
 from provenance import provenance
 from sgd import FlatSGD
-from speed import configure_cpu, threads_for
+from step import make_step
 
-EXIT_BAD_FLAGS = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal, checkpoint saved, rerun with --resume
 EVAL_BATCH = 1000  # test images per forward pass: accuracy does not depend on it
-# The flags that define the math; a checkpoint made with other values is refused.
-# --epochs is not among them: resuming with more epochs extends a run.
-RECIPE = ("batch_size", "lr", "momentum", "seed", "fake_data", "normalize")
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """One line, not argparse's usage + error: every bad flag reads like every other error."""
-        self.exit(EXIT_BAD_FLAGS, f"error: {message} (see --help)\n")
-
-
-def integer(low, high=None):
-    """An argparse type: an int in [low, high]."""
-
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
-        return value
-
-    return parse
-
-
-def real(ok, bounds):
-    """An argparse type: a finite float for which ok(value) holds; `bounds` says which in words."""
-
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-        return value
-
-    return parse
-
-
-def folder(text):
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
-    return text
-
-
-def resume_from(text):
-    if text != "auto" and not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"{text}: no such file; give an existing checkpoint or 'auto'")
-    return text
-
-
-def build_parser():
-    p = Parser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = p.add_argument
-    add("--epochs", type=integer(1), default=2, help="passes over the training set")
-    add("--batch-size", type=integer(1), default=4, help="images per SGD step (with several processes: in all)")
-    add("--lr", type=real(lambda v: v > 0, "> 0"), default=0.001, help="SGD learning rate")
-    add("--momentum", type=real(lambda v: 0 <= v < 1, "in [0, 1)"), default=0.9, help="SGD momentum")
-    add("--seed", type=integer(0, 2**32 - 1), default=0, help="seeds weights and shuffling (CPU runs repeat exactly)")
-    add("--normalize", action="store_true", help="also Normalize((0.5,)*3, (0.5,)*3), as the PyTorch blitz tutorial")
-    add("--data-dir", type=folder, default="data", help="holds cifar-10-batches-py/ or cifar-10-python.tar.gz")
-    add("--no-download", action="store_true", help="fail instead of downloading CIFAR-10 into --data-dir")
-    add("--fake-data", type=integer(0), default=0, metavar="N", help="train on N synthetic images; 0 = CIFAR-10")
-    add("--output-dir", type=folder, default="outputs", help="weights, metrics, summary, plot (Azure ML uploads it)")
-    add("--overwrite", action="store_true", help="allow replacing a finished run's results in --output-dir")
-    add("--checkpoint-dir", type=folder, default="checkpoints", help="where checkpoints go (a mount that survives)")
-    add("--checkpoint-every", type=integer(0), default=2000, metavar="STEPS", help="also every STEPS steps; 0 = never")
-    add("--resume", type=resume_from, metavar="PATH|auto", help="a checkpoint, or 'auto': the latest, if any")
-    add("--log-interval", type=integer(1), default=2000, help="log the running loss every this many mini-batches")
-    add("--pipeline", choices=("fast", "tutorial"), default="fast", help="tutorial: PIL transforms in a DataLoader")
-    add("--workers", type=integer(0), default=2, help="DataLoader worker processes (--pipeline tutorial only)")
-    add(
-        "--threads",
-        type=integer(0),
-        default=0,
-        help="torch CPU threads (0 = 1 below batch 32 per rank, else its share of the cores)",
-    )
-    add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available, else cpu")
-    add("--progress", choices=("auto", "on", "off"), default="auto", help="live progress bar (auto = on a TTY)")
-    add("--dist-timeout", type=integer(1), default=1800, help="seconds a rank waits for the others (multi-process)")
-    return p
-
-
-def parse_args(argv=None, environ=os.environ):
-    """The flags, every one checked (alone, and against the launcher's WORLD_SIZE) before any work."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    world = int(environ.get("WORLD_SIZE", "1"))
-    if world > 1 and args.pipeline == "tutorial":
-        parser.error("--pipeline tutorial runs in one process: use the default fast pipeline with torchrun")
-    if args.batch_size < world:
-        parser.error(f"--batch-size {args.batch_size} is the global batch: give at least one image per rank ({world})")
-    return args
 
 
 def epoch_order(n, seed, epoch):
@@ -147,27 +49,18 @@ def make_optimizer(model, lr, momentum):
     return FlatSGD(model, lr=lr, momentum=momentum)
 
 
-def train_step(model, optimizer, criterion, inputs, labels, autocast=None):
-    """One SGD step, the tutorial's; returns the loss tensor (reading it syncs with the device)."""
-    optimizer.zero_grad()
-    with autocast or nullcontext():
-        loss = criterion(model(inputs), labels)
-    loss.backward()
-    optimizer.step()
-    return loss
+def train_step(run, criterion, inputs, labels):
+    """One SGD step, the tutorial's; returns the loss tensor (reading it syncs with the device).
+    Which step (step.py: the tutorial's kernels called directly, or autograd) is chosen on the first call."""
+    if not hasattr(run, "step"):
+        run.step = make_step(run.net, run.optimizer, run.device, run.ddp.on)
+    return run.step(inputs, labels, criterion)
 
 
 def scaled_cross_entropy(outputs, labels, scale):
     """Sum over the rank's share times world/global batch: DDP's gradient mean is then the
     gradient of the global batch's mean loss, as in one process, whatever the share sizes."""
     return nn.functional.cross_entropy(outputs, labels, reduction="sum") * scale
-
-
-@dataclass
-class Device:
-    name: str  # "cpu", "cuda" or "cuda:<local rank>"
-    autocast: object  # bf16 autocast on CUDA, else a no-op
-    memory_format: torch.memory_format
 
 
 @dataclass
@@ -180,10 +73,11 @@ class Data:
 
 
 @dataclass
-class Run:
+class Training:
     """Everything the loop needs, made once by setup()."""
 
-    args: argparse.Namespace
+    args: object  # the parsed flags (cli.py)
+    folders: runs.RunFolders  # the run's name, output and checkpoint folders
     ddp: Distributed
     device: Device
     data: Data
@@ -194,6 +88,7 @@ class Run:
     metrics: Metrics
     state: dict
     info: dict
+    artifacts: tuple = ()  # the files finish() wrote, for a tracker that keeps them
 
     def say(self, *text):
         if self.ddp.main:
@@ -206,7 +101,8 @@ def main(argv=None):
     try:
         return train(args, ddp)
     except TrainerError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not e.quiet:
+            print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except RuntimeError as e:  # gloo and nccl report a lost peer as RuntimeError (DistBackendError)
         if not ddp.on:
@@ -218,35 +114,36 @@ def main(argv=None):
 
 
 def train(args, ddp):
-    run = setup(args, ddp)
+    device = setup_device(args, ddp)  # the process group first: rank 0 decides the run for every rank
+    folders = ddp.from_main(lambda: runs.plan(args))
+    if folders.finished:  # `--resume auto` of a finished run: say so, change nothing
+        if ddp.main:
+            print(folders.finished)
+        return 0
+    run = setup(args, ddp, device, folders)
+    status = "FAILED"
+    try:
+        code = epochs(run)
+        status = "KILLED" if code == EXIT_PREEMPTED else "FINISHED"
+        return code
+    finally:  # whatever happened, the tracker sends what it holds and closes
+        run.metrics.close(artifacts=run.artifacts, status=status)
+
+
+def epochs(run):
+    """The imagenet example's loop: per epoch train, validate, checkpoint; then the outputs."""
     stop = StopFlag()
     stop.install()
-    while run.state["epoch"] < args.epochs:
+    while run.state["epoch"] < run.args.epochs:
         epoch = run.state["epoch"]
         if not train_one_epoch(run, epoch, stop):
             checkpoint(run, stop.name)
             run.say(f"stopped by {stop.name}; rerun with --resume auto to continue")
             return EXIT_PREEMPTED
         validate(run, epoch)
-        run.state.update(epoch=epoch + 1, step_in_epoch=0, running_loss=0.0)
+        run.state.update(epoch=epoch + 1, step_in_epoch=0, running_loss=0.0, epoch_loss=0.0)
         checkpoint(run, "epoch end")
     return finish(run)
-
-
-def setup_device(args, ddp):
-    """Device, process group and CPU threads, decided once; the rest of the code only reads Device."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise TrainerError("--device cuda but no CUDA device is visible: use --device cpu or auto")
-    name = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    if ddp.on and name == "cuda":
-        name = f"cuda:{ddp.local_rank}"
-        torch.cuda.set_device(name)
-    ddp.init(name, args.dist_timeout)  # also counts the ranks on this node
-    # One thread at the tutorial's tiny batches; else this rank's share of the node's cores.
-    configure_cpu(args.threads, -(-args.batch_size // ddp.world), ddp.local_world)
-    if name == "cpu":  # the tutorial's float32 math
-        return Device(name, nullcontext(), torch.contiguous_format)
-    return Device(name, torch.autocast("cuda", dtype=torch.bfloat16), torch.channels_last)
 
 
 def load_data(args, ddp, device):
@@ -265,16 +162,20 @@ def load_data(args, ddp, device):
     return Data(x, y, x_test, y_test, train_set)
 
 
-def setup(args, ddp):
-    """Folders, device, data, model, optimizer, resumed state and tracking: the run before its first step."""
-    out_dir = Path(args.output_dir)
-    outputs.make_dirs((out_dir, "--output-dir"), (args.checkpoint_dir, "--checkpoint-dir"))
-    recipe = {"model": Net.__name__, **{k: getattr(args, k) for k in RECIPE}}
-    checkpoints = Checkpoints(args.checkpoint_dir, recipe, write=ddp.main)
-    resume = checkpoints.resolve(args.resume)
-    if not resume and ddp.main:
-        outputs.claim(out_dir, args.overwrite)
-    device = setup_device(args, ddp)
+def announce(run):
+    """Where this run's files go, and a warning where they would go with the container."""
+    f = run.folders
+    run.say(f"run {f.name}: outputs in {f.out_dir}/, checkpoints in {f.ckpt_dir}/")
+    for folder in dict.fromkeys((f.out_dir, f.ckpt_dir)):
+        lost = outputs.vanishing(folder) if run.ddp.main else None
+        if lost:
+            print(f"warning: {lost}", file=sys.stderr)
+
+
+def setup(args, ddp, device, folders):
+    """Data, model, optimizer, resumed state and tracking: the run before its first step."""
+    out_dir, resume, recipe = folders.out_dir, folders.resume, cli.recipe(args)
+    checkpoints = Checkpoints(folders.ckpt_dir, recipe, write=ddp.main)
     train_data = load_data(args, ddp, device)
 
     torch.manual_seed(args.seed)
@@ -282,19 +183,21 @@ def setup(args, ddp):
     optimizer = make_optimizer(model, args.lr, args.momentum)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "running_loss": 0.0, "train_seconds": 0.0}
     if resume:
-        state = checkpoints.restore(resume, model, optimizer)
+        state = {"epoch_loss": 0.0, **checkpoints.restore(resume, model, optimizer)}  # older ones lack it
+    state.setdefault("epoch_loss", 0.0)  # the epoch's summed loss: train/epoch_loss at its end
     # Only rank 0 records: the other ranks neither look for a tracker nor fingerprint the packages.
     metrics = Metrics(out_dir, azureml_run(), mlflow_tracking()) if ddp.main else Metrics(None)
     info = provenance() if ddp.main else {}
     net = DistributedDataParallel(model) if ddp.on else model  # DDP: rank 0's weights to all, grads averaged
-    run = Run(args, ddp, device, train_data, model, net, optimizer, checkpoints, metrics, state, info)
+    run = Training(args, folders, ddp, device, train_data, model, net, optimizer, checkpoints, metrics, state, info)
+    announce(run)
     if resume:
         run.say(f"resumed from {resume} at epoch {state['epoch'] + 1}, step {state['global_step']}")
     config = {**vars(args), "device": device.name, "threads": torch.get_num_threads(), "world": ddp.world}
     if ddp.on:  # what each rank took of this node's cores
         config.update(ranks_on_node=ddp.local_world, threads_per_rank=ddp.gather(torch.get_num_threads()))
     run.say("config: " + json.dumps(config))
-    metrics.start(params=recipe, tags=info)
+    metrics.start(params={**recipe, "epochs": args.epochs}, tags={"run": folders.name, **info})
     return run
 
 
@@ -340,8 +243,10 @@ def train_one_epoch(run, epoch, stop):
     t0 = time.perf_counter()
     try:
         for k, (inputs, labels) in enumerate(batches(run, order)):
-            loss = train_step(run.net, run.optimizer, criterion_for(run, order, k), inputs, labels, run.device.autocast)
-            state["running_loss"] += loss.item()  # a CPU-GPU sync point, as in the tutorial
+            loss = train_step(run, criterion_for(run, order, k), inputs, labels)
+            value = loss.item()  # a CPU-GPU sync point, as in the tutorial
+            state["running_loss"] += value
+            state["epoch_loss"] += value
             state["step_in_epoch"] += 1
             state["global_step"] += 1
             bar.update()
@@ -361,6 +266,8 @@ def train_one_epoch(run, epoch, stop):
         seconds = time.perf_counter() - t0
         state["train_seconds"] += seconds
     record(run, "train/images_per_sec", len(order) / seconds, epoch)
+    # Once an epoch, whatever --log-interval: a short run has a loss too (not the tutorial's `loss`).
+    record(run, "train/epoch_loss", run.ddp.mean(state["epoch_loss"]) / state["step_in_epoch"], epoch)
     return True
 
 
@@ -411,12 +318,13 @@ def finish(run):
     run.say("Finished Training")
     if not run.ddp.main:
         return 0
-    out_dir, state = Path(run.args.output_dir), run.state
+    out_dir, state = run.folders.out_dir, run.state
     weights, png, summary_json = out_dir / "model.pt", out_dir / "curves.png", out_dir / "summary.json"
     outputs.save_torch(run.model.state_dict(), weights)
     outputs.plot(run.metrics.path, png)
     seconds = state["train_seconds"]
     summary = {
+        "run": run.folders.name,
         "config": vars(run.args),
         "device": run.device.name,
         "threads": torch.get_num_threads(),
@@ -428,8 +336,8 @@ def finish(run):
         "weights_sha256": outputs.weights_fingerprint(run.model.state_dict()),
         **run.info,
     }
-    outputs.write_summary(summary, summary_json)
-    run.metrics.close(artifacts=[weights, png, summary_json])
+    outputs.write_json(summary, summary_json)
+    run.artifacts = (weights, png, summary_json)
     print(f"outputs: {weights}, {run.metrics.path}, {png}, {summary_json}")
     return 0
 

@@ -16,7 +16,9 @@ import train
 
 TESTS = Path(__file__).resolve().parents[1]
 COMMON = "--fake-data 480 --batch-size 8 --epochs 2 --log-interval 10 --progress off --threads 1"
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+SRC = Path(train.__file__).parent
+# torchrun as `make train-ddp` runs it: through launch.py, which leaves a failing rank's line the last word
+TORCHRUN = [sys.executable, str(SRC / "launch.py"), "--standalone", "--nproc-per-node=2"]
 
 
 def run(tmp_path, name, nproc, script=train.__file__, flags=COMMON, env=None):
@@ -45,7 +47,20 @@ def test_two_processes_match_one_process_to_float_tolerance(tmp_path):
     assert len(one) == len(two) == 12
     assert one == pytest.approx(two, abs=1e-5)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
-    assert sorted(p.name for p in (tmp_path / "ctwo").iterdir()) == ["step-00000060.pt", "step-00000120.pt"]
+    assert sorted(p.name for p in (tmp_path / "ctwo").glob("*/step-*.pt")) == ["step-00000060.pt", "step-00000120.pt"]
+
+
+@pytest.mark.parametrize("problem", ["bad flag", "refused folder"])
+def test_under_torchrun_an_error_is_one_line_and_the_ranks_status(problem, tmp_path):
+    """Not torchrun's ChildFailedError traceback, and not one line per rank."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.pt").write_bytes(b"an earlier run's weights")
+    flags = ["--fake-data", "-5"] if problem == "bad flag" else ["--fake-data", "40", "--output-dir", "out"]
+    r = subprocess.run([*TORCHRUN, train.__file__, *flags], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stdout) == ((2, "") if problem == "bad flag" else (1, ""))
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+    assert ("--fake-data: must be >= 0" if problem == "bad flag" else "out/ already holds results") in r.stderr
+    assert (tmp_path / "out" / "model.pt").read_bytes() == b"an earlier run's weights"
 
 
 def test_ranks_take_disjoint_shares_that_make_up_the_one_process_batch():

@@ -1,11 +1,8 @@
 """The trainer's CLI end to end, on synthetic and on real-format data, in this process or a child."""
 
-import errno
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -13,27 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from runner import LOSS_LINE, TRAIN_PY, metric, run_main
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-import outputs
 import train
 from model import Net
 
-TRAIN_PY = Path(train.__file__)
 TESTS = Path(__file__).resolve().parents[1]
-LOSS_LINE = re.compile(r"^epoch=\d+, batch= *\d+: loss \d+\.\d\d$", re.M)
-
-
-def run_main(tmp_path, flags, out="out"):
-    where = f"--output-dir {tmp_path / out} --checkpoint-dir {tmp_path / 'ckpt'} --data-dir {tmp_path / 'data'}"
-    return train.main([*where.split(), "--progress", "off", *flags.split()])
-
-
-def metric(out_dir, name):
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["value"] for r in rows if r["name"] == name]
 
 
 def test_fake_data_run_prints_tutorial_lines_and_writes_parseable_outputs(tmp_path, capsys):
@@ -125,15 +110,6 @@ def test_missing_data_without_network_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "out" / "model.pt").exists()
 
 
-def test_finished_results_are_never_overwritten_unasked(tmp_path, capsys):
-    assert run_main(tmp_path, "--epochs 1 --fake-data 40") == 0
-    before = (tmp_path / "out" / "summary.json").read_bytes()
-    assert run_main(tmp_path, "--epochs 1 --fake-data 40 --seed 1") == 1
-    assert "already holds results" in capsys.readouterr().err
-    assert (tmp_path / "out" / "summary.json").read_bytes() == before
-    assert run_main(tmp_path, "--epochs 1 --fake-data 40 --seed 1 --overwrite") == 0
-
-
 BAD_FLAGS = [
     "--fake-data -5",
     "--checkpoint-every -1",
@@ -181,56 +157,6 @@ def test_cuda_requested_without_cuda_fails_clearly(tmp_path, capsys):
     assert "no CUDA device is visible" in capsys.readouterr().err
 
 
-def weights(path):
-    return torch.load(path, weights_only=True)
-
-
-def test_sigterm_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
-    common = "--fake-data 400 --epochs 2 --log-interval 1 --progress off --threads 1".split()
-    assert train.main([*common, "--output-dir", str(tmp_path / "a"), "--checkpoint-dir", str(tmp_path / "ca")]) == 0
-
-    flags = [*common, "--output-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "cb")]
-    child = subprocess.Popen([sys.executable, str(TRAIN_PY), *flags], stdout=subprocess.PIPE, text=True)
-    for line in child.stdout:
-        if line.startswith("epoch=1, batch=   30:"):
-            child.send_signal(signal.SIGTERM)
-            break
-    rest = child.stdout.read()
-    assert child.wait(timeout=60) == train.EXIT_PREEMPTED
-    assert "checkpoint (SIGTERM)" in rest and "--resume auto" in rest
-    assert not (tmp_path / "b" / "model.pt").exists()
-
-    resumed = subprocess.run(
-        [sys.executable, str(TRAIN_PY), *flags, "--resume", "auto"], capture_output=True, text=True, timeout=120
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stdout and "Finished Training" in resumed.stdout
-    a, b = weights(tmp_path / "a" / "model.pt"), weights(tmp_path / "b" / "model.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.mark.parametrize("other", ["--batch-size 8", "--normalize"])
-def test_checkpoint_of_another_recipe_is_refused(other, tmp_path, capsys):
-    assert run_main(tmp_path, "--epochs 1 --fake-data 40") == 0
-    ckpt = sorted((tmp_path / "ckpt").glob("step-*.pt"))[-1]
-    assert run_main(tmp_path, f"--fake-data 40 {other} --resume {ckpt}", out="o2") == 1
-    err = capsys.readouterr().err
-    made = {"--batch-size 8": "batch_size=4 (this run: 8)", "--normalize": "normalize=False (this run: True)"}
-    assert f"another recipe: {made[other]}" in err and "--checkpoint-dir" in err
-
-
-def test_unreadable_checkpoint_is_refused(tmp_path, capsys):
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint")
-    assert run_main(tmp_path, f"--fake-data 40 --resume {bad}") == 1
-    assert "is not a readable checkpoint" in capsys.readouterr().err
-
-
-def test_checkpoints_rotate_to_the_newest_two(tmp_path):
-    assert run_main(tmp_path, "--epochs 2 --fake-data 80 --checkpoint-every 5") == 0  # 20 steps an epoch
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000035.pt", "step-00000040.pt"]
-
-
 @pytest.mark.parametrize("source", ["fake", "cifar_files"])
 def test_fast_path_and_tutorial_pipeline_give_the_same_loss_trajectory(source, tmp_path, request):
     flags = "--epochs 2 --log-interval 1 --threads 1 " + ("--fake-data 120" if source == "fake" else "--no-download")
@@ -255,23 +181,6 @@ def test_progress_bar_keeps_the_tutorial_lines_on_stdout(tmp_path, capsys):
     assert run_main(tmp_path, "--epochs 1 --fake-data 80 --log-interval 10 --progress on") == 0
     captured = capsys.readouterr()
     assert len(LOSS_LINE.findall(captured.out)) == 2 and "epoch 1/1" in captured.err
-
-
-def test_a_failed_write_leaves_the_old_file_no_temporary_and_one_line(tmp_path):
-    target = tmp_path / "summary.json"
-    outputs.write_summary({"run": 1}, target)
-
-    def disk_full(f):
-        f.write(b"{")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    with pytest.raises(outputs.OutputError) as err:
-        outputs.atomic_write(target, disk_full)
-    assert str(err.value) == (
-        f"cannot write to {tmp_path}/ (No space left on device): "
-        f"free space there (or mount a larger volume), or pass another --output-dir"
-    )
-    assert json.loads(target.read_text()) == {"run": 1} and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
 def test_metrics_go_to_mlflow_where_azure_ml_sets_a_tracking_uri(tmp_path, monkeypatch):

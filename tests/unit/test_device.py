@@ -3,7 +3,7 @@ import sys
 import pytest
 import torch
 
-import speed
+import device
 from provenance import packages_fingerprint
 
 
@@ -11,7 +11,7 @@ from provenance import packages_fingerprint
 def keep_threads(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     yield
     torch.set_num_threads(before)
 
@@ -21,21 +21,21 @@ def keep_threads(monkeypatch):
     [(3, 4, 1, 3), (0, 4, 1, 1), (0, 31, 1, 1), (0, 32, 1, 8), (0, 512, 2, 4), (0, 512, 16, 1)],
 )
 def test_threads_one_for_tiny_batches_else_the_process_share_of_the_cores(requested, batch, local_world, expected):
-    assert speed.configure_cpu(requested, batch, local_world) == expected
+    assert device.configure_cpu(requested, batch, local_world) == expected
     assert torch.get_num_threads() == expected
 
 
 def test_omp_num_threads_wins_over_the_batch_rule(monkeypatch):
     torch.set_num_threads(2)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert speed.configure_cpu(0, 4) == 2
+    assert device.configure_cpu(0, 4) == 2
 
 
 @pytest.mark.parametrize(("requested", "expected"), [(0, 4), (3, 3)])
 def test_threads_for_a_stretch_of_larger_batches_then_back(requested, expected):
-    speed.configure_cpu(requested, 4, local_world=2)
+    device.configure_cpu(requested, 4, local_world=2)
     before = torch.get_num_threads()
-    with speed.threads_for(requested, 1000, local_world=2):
+    with device.threads_for(requested, 1000, local_world=2):
         assert torch.get_num_threads() == expected  # this rank's share of the 8 cores, or --threads
     assert torch.get_num_threads() == before
 

@@ -1,0 +1,143 @@
+"""Which run this is: its name, its folders, and what `--resume auto` continues (docs/runtime.md).
+
+A run's name is its checkpoint folder, <checkpoint-dir>/<name>/, so runs that share a checkpoint
+folder never see, rotate or resume each other's files. The name comes from:
+- Azure ML's run id (AZUREML_RUN_ID), when there is no --output-dir: a preempted job that restarts
+  gets the same id, so it continues itself, and a new job never continues an old one;
+- the output folder, when --output-dir is given: a fresh run writes its name there (run.json), and
+  `--resume auto` reads it back; a folder without one holds no run, so the run starts afresh;
+- otherwise a new folder per run, outputs/<name>/, with outputs/latest naming the newest, as Azure
+  ML and Lightning keep one folder per run: the same command run twice keeps both runs.
+"""
+
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import outputs
+from checkpoint import find_latest, load_checkpoint
+from cli import recipe
+
+RUN_FILE = "run.json"  # in the output folder: the name of the run whose results it holds
+LATEST = "latest"  # outputs/latest -> the newest run's folder (by default only)
+DEFAULT_OUTPUTS = "outputs"
+NEW_RUN = "leave out --resume (or pass another --output-dir) for a new run"
+
+
+@dataclass
+class RunFolders:
+    name: str
+    out_dir: Path
+    ckpt_dir: Path
+    resume: Path | None  # the checkpoint to continue from, if any
+    finished: str | None = None  # set when `--resume auto` found the run complete: why nothing is done
+
+
+def safe(name):
+    """A run id as a folder name (Azure ML's are already; anything else is replaced)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:200]
+
+
+def new_name(root):
+    """run-YYYYmmdd-HHMMSS (UTC), made unique in root by a suffix; the folder is created (claimed)."""
+    stamp = "run-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    for n in range(1, 1000):
+        name = stamp if n == 1 else f"{stamp}-{n}"
+        try:
+            (root / name).mkdir(parents=True)
+            return name
+        except FileExistsError:
+            continue
+    raise outputs.OutputError(f"{root}/ has 999 runs started this second: pass --output-dir")
+
+
+def read_name(out_dir):
+    """The run named in out_dir/run.json, or None."""
+    try:
+        return json.loads((Path(out_dir) / RUN_FILE).read_text())["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def latest_name(root):
+    """The run outputs/latest points to (a symbolic link, or a file naming it), or None."""
+    link = Path(root) / LATEST
+    try:
+        return os.readlink(link) if link.is_symlink() else link.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def point_latest(root, name):
+    """outputs/latest -> name, replaced atomically; a file holding the name where links are refused."""
+    tmp = Path(root) / f".{LATEST}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.symlink_to(name, target_is_directory=True)
+    except OSError:
+        tmp.write_text(name + "\n")
+    os.replace(tmp, Path(root) / LATEST)
+
+
+def plan(args, environ=os.environ):
+    """The run's name and folders; creates them. Refuses (OutputError) to replace results unasked."""
+    ckpt_root = Path(args.checkpoint_dir)
+    azure_id = environ.get("AZUREML_RUN_ID")
+    if args.output_dir is None and not azure_id:
+        return by_default(args, Path(DEFAULT_OUTPUTS), ckpt_root)
+    out_dir = Path(args.output_dir or DEFAULT_OUTPUTS)
+    outputs.make_dirs((out_dir, "--output-dir"))
+    name = safe(azure_id) if args.output_dir is None else read_name(out_dir)
+    if name and args.resume == "auto":
+        found = continue_run(args, name, out_dir, ckpt_root)
+        if found:
+            return found
+    # `--resume auto` of a run that wrote no checkpoint starts it again: its partial results go.
+    again = args.resume == "auto" and name is not None
+    if again and (out_dir / "summary.json").exists():
+        return RunFolders(name, out_dir, ckpt_root / name, None, f"run {name} has finished ({out_dir}/): {NEW_RUN}")
+    outputs.claim(out_dir, args.overwrite or again)
+    if args.output_dir is not None:  # a new run here; on Azure ML a start or restart of the job's run
+        name = safe(f"{out_dir.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
+    return start(args, name, out_dir, ckpt_root)
+
+
+def by_default(args, root, ckpt_root):
+    """outputs/<new run>/, or the latest run's folder for `--resume auto` when it has a checkpoint."""
+    outputs.make_dirs((root, "--output-dir"))
+    name = latest_name(root) if args.resume == "auto" else None
+    found = name and continue_run(args, name, root / name, ckpt_root)
+    if found:
+        return found
+    name = new_name(root)
+    point_latest(root, name)
+    return start(args, name, root / name, ckpt_root)
+
+
+def start(args, name, out_dir, ckpt_root):
+    ckpt_dir = ckpt_root / name
+    outputs.make_dirs((ckpt_dir, "--checkpoint-dir"))
+    outputs.write_json({"run": name}, out_dir / RUN_FILE)
+    resume = Path(args.resume) if args.resume not in (None, "auto") else None
+    return RunFolders(name, out_dir, ckpt_dir, resume)
+
+
+def continue_run(args, name, out_dir, ckpt_root):
+    """RunFolders continuing run `name` from its newest checkpoint; None if it has none."""
+    ckpt_dir = ckpt_root / name
+    path = find_latest(ckpt_dir)
+    if path is None:
+        return None
+    state = load_checkpoint(path, recipe(args))["state"]
+    outputs.make_dirs((out_dir, "--output-dir"))
+    done = None
+    if state["epoch"] >= args.epochs:
+        done = (
+            f"run {name} has finished all {state['epoch']} epochs ({out_dir}/): nothing to resume; "
+            f"pass --epochs {state['epoch'] + 1} or more to extend it, or {NEW_RUN}"
+        )
+    return RunFolders(name, out_dir, ckpt_dir, path, done)
