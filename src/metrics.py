@@ -1,11 +1,14 @@
-"""The one place that talks to a tracker: every metric goes to metrics.jsonl and to the run's tracker.
+"""The one place that talks to a tracker: every metric goes to metrics.jsonl and to exactly one tracker.
 
-Tracker: azureml-core's Run in an SDK v1 run; MLflow where MLFLOW_TRACKING_URI is set: Azure ML
-sets it in SDK v2 jobs (azureml-mlflow), and a user sets it to the compose `mlflow` server
-(`make train MLFLOW=1`); none otherwise, where metrics.jsonl is the record. Both imports happen
-here, lazily, and only when the environment says that they are needed.
+Which tracker, chosen once from what the environment says (docs/runtime.md, "Metrics: which tracker, and why"):
+- an Azure ML v2 job: MLflow, into the run Azure ML made for the job (MLFLOW_RUN_ID), never ended here;
+- an Azure ML v1 run: azureml-core's run history (`run.log`, as the tutorial does);
+- MLFLOW_TRACKING_URI set by the user (`make train MLFLOW=1`): MLflow, in a run this process starts and ends;
+- none otherwise: metrics.jsonl is the record.
+azureml-core and mlflow are imported here, lazily, and only for the tracker that was chosen.
 
-A tracker never stops a run: the first failure prints one line and tracking is off from then on.
+A tracker never stops a run: its first failure, at start, mid-run or at close, prints one `tracking off`
+line and tracking is off from then on. close() sends what a tracker still holds, whenever it is called.
 """
 
 import json
@@ -25,45 +28,49 @@ LOCAL_SERVER_ENV = {
 }
 PROBE_SECONDS = 3
 EXPERIMENT = "cifar10"  # where MLFLOW_EXPERIMENT_NAME is unset
+# In a v1 run, azureml-core's RunHistory context manager (azureml/history/_tracking.py) calls
+# azureml.mlflow._setup_remote, which sets MLFLOW_TRACKING_URI to the workspace's URI plus this and
+# MLFLOW_RUN_ID to the v1 run: MLflow variables alone do not make a v2 job.
+V1_WRAPPER_MARK = "is-remote=true"
+STATUSES = ("FINISHED", "KILLED", "FAILED")  # mlflow.entities.RunStatus names
+FLUSH_SECONDS = 60  # azureml-core's default is 300; a run that ends should not hang on a slow service
+
+
+def choose(env=os.environ):
+    """ "mlflow", "azureml" or None: the one tracker this environment names."""
+    uri = env.get("MLFLOW_TRACKING_URI", "")
+    if uri and env.get("MLFLOW_RUN_ID") and V1_WRAPPER_MARK not in uri.lower():
+        return "mlflow"  # an Azure ML v2 job: Azure made the run and named it
+    if env.get("AZUREML_RUN_ID"):
+        return "azureml"
+    return "mlflow" if uri else None
+
+
+def tracker():
+    """The tracker this environment names, not yet started (nothing is imported or contacted here)."""
+    kind = choose()
+    if kind == "azureml":
+        return RunHistory()
+    if kind == "mlflow":
+        return MlflowRun(os.environ["MLFLOW_TRACKING_URI"])
+    return None
 
 
 def azureml_run():
-    """The submitted Azure ML run, or None outside Azure ML (or without azureml-core).
-
-    azureml-core takes about a second to import, so it is imported only where Azure ML says
-    this is a run: Run.get_context() reads AZUREML_RUN_ID (with AZUREML_ARM_SUBSCRIPTION and
-    the other AZUREML_ARM_* variables) and, where it is missing, gives an offline run
-    (azureml-core 1.61, azureml/core/run.py, Run._load_scope; the names are in
-    azureml/_run_impl/constants.py, RunEnvVars). That offline run's log() only prints
-    "Attempted to log ..." twice per value.
-    """
-    if not os.environ.get("AZUREML_RUN_ID"):
-        return None
-    try:
-        from azureml.core import Run
-    except ImportError:
-        return None
-    run = Run.get_context()
-    return None if run.id.startswith("OfflineRun") else run
+    """train.py's call until it calls tracker(): the v1 run history where chosen, else None."""
+    return tracker() if choose() == "azureml" else None
 
 
 def mlflow_tracking():
-    """The mlflow module where a tracking server is configured, else None."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        return None
+    """train.py's call until it calls tracker(): MLflow where chosen, else None."""
+    return tracker() if choose() == "mlflow" else None
+
+
+def server_defaults(uri):
+    """Short timeouts for an http(s) server (a user's own settings win); azureml:// keeps MLflow's."""
     if uri.startswith(("http://", "https://")):
         for name, value in LOCAL_SERVER_ENV.items():
             os.environ.setdefault(name, value)
-    try:
-        import mlflow
-    except ImportError:
-        return None
-    # Context MLflow cannot have here and warns about at every run: git (not in the image) and a
-    # user name for a uid without a passwd entry (any uid runs the image). The run lacks neither.
-    for name in ("mlflow.utils.git_utils", "mlflow.tracking.context.registry"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    return mlflow
 
 
 def reachable(uri):
@@ -79,85 +86,139 @@ def reachable(uri):
         return str(getattr(e, "reason", e))
 
 
-class Metrics:
-    def __init__(self, out_dir, run=None, mlflow=None):
-        """out_dir None: record nothing (ranks other than 0 of a distributed run)."""
-        self.path = Path(out_dir) / "metrics.jsonl" if out_dir is not None else None
+class RunHistory:
+    """Azure ML's run history through azureml-core's Run, what the tutorial's `run.log` writes to."""
+
+    where = "Azure ML run history"
+
+    def __init__(self):
+        self.run = None
+
+    def start(self, params, tags):
+        from azureml.core import Run
+
+        # Reads AZUREML_RUN_ID, AZUREML_RUN_TOKEN, AZUREML_SERVICE_ENDPOINT and AZUREML_ARM_*, then asks
+        # the service for the run: its REST and token errors raise (azureml-core 1.61, azureml/core/run.py).
+        run = Run.get_context()
+        if run.id.startswith("OfflineRun"):  # its log() only prints "Attempted to log ..."
+            raise RuntimeError("no run: AZUREML_RUN_TOKEN or AZUREML_SERVICE_ENDPOINT is not set")
         self.run = run
-        self.mlflow = None if run is not None else mlflow  # one tracker: no metric twice in Studio
-        self.own_run = False  # an MLflow run this process started, so ends and uploads to
+        run.set_tags({**{k: str(v) for k, v in params.items()}, **tags})  # v1 runs have no parameters: both as tags
+
+    def log(self, name, value, step):
+        self.run.log(name, value, step=step)
+
+    def close(self, artifacts, status):
+        # azureml-core sends metrics from a 1-second timer; flush sends what it holds. The job's run
+        # is Azure's to complete (and ./outputs Azure's to upload), so neither happens here.
+        if self.run is not None:
+            self.run.flush(timeout_seconds=FLUSH_SECONDS)
+
+
+class MlflowRun:
+    """MLflow: the run Azure ML made for a v2 job (MLFLOW_RUN_ID), or one this process starts and ends.
+
+    MlflowClient, not the fluent API: fluent's atexit hook would end Azure's run as FINISHED.
+    """
+
+    def __init__(self, uri):
+        self.where = uri
+        self.client = self.run_id = None
+        self.own = False
+
+    def start(self, params, tags):
+        server_defaults(self.where)
+        why = reachable(self.where)
+        if why:
+            raise ConnectionError(why)
+        import mlflow
+        from mlflow.entities import Param, RunTag
+
+        # Context MLflow cannot have here and warns about at every run: git (not in the image) and a
+        # user name for a uid without a passwd entry (any uid runs the image). The run lacks neither.
+        for name in ("mlflow.utils.git_utils", "mlflow.tracking.context.registry"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        self.client = mlflow.MlflowClient()
+        self.run_id = os.environ.get("MLFLOW_RUN_ID") or self.create_run()
+        self.client.log_batch(
+            self.run_id,
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+
+    def create_run(self):
+        from mlflow.tracking.context.registry import resolve_tags  # the source and user tags fluent's start_run adds
+
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+        found = self.client.get_experiment_by_name(name)
+        experiment = found.experiment_id if found else self.client.create_experiment(name)
+        # The UI then opens on training runs and their charts, not on GenAI traces.
+        self.client.set_experiment_tag(experiment, "mlflow.experimentKind", "custom_model_development")
+        self.own = True
+        return self.client.create_run(experiment, tags=resolve_tags()).info.run_id
+
+    def log(self, name, value, step):
+        self.client.log_metric(self.run_id, name, value, step=step)
+
+    def close(self, artifacts, status):
+        if self.client is None:
+            return
+        import mlflow
+
+        mlflow.flush_async_logging()  # a no-op unless MLFLOW_ENABLE_ASYNC_LOGGING queued metrics
+        if self.own:  # Azure ML uploads ./outputs and ends the job's own run itself
+            for path in artifacts:
+                if Path(path).is_file():
+                    self.client.log_artifact(self.run_id, str(path))
+            self.client.set_terminated(self.run_id, status)
+
+
+class Metrics:
+    def __init__(self, out_dir, *trackers):
+        """out_dir None: record nothing (ranks other than 0 of a distributed run). trackers: the
+        first that is not None is this run's (tracker() gives one or None)."""
+        self.path = Path(out_dir) / "metrics.jsonl" if out_dir is not None else None
+        self.tracker = next((t for t in trackers if t is not None), None)
         self.t0 = time.time()  # the run's wall-clock start
         self.last = {}
 
+    def call(self, method, *args):
+        """One call to the tracker; its first failure turns tracking off for the rest of the run."""
+        if self.tracker is None:
+            return
+        try:
+            getattr(self.tracker, method)(*args)
+        except Exception as e:
+            self.tracking_off(e)
+
     def tracking_off(self, error):
         """Say once why, then go on without the tracker: metrics.jsonl still has everything."""
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or "Azure ML"
-        detail = " ".join(str(error).split())[:200]
-        fix = "; `make ui` starts the local server" if uri.startswith("http://mlflow:") else ""
-        print(f"tracking off: {uri} failed ({detail}); the run goes on, metrics.jsonl records it{fix}", file=sys.stderr)
-        self.run = self.mlflow = None
+        where, self.tracker = self.tracker.where, None
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        fix = "; `make ui` starts the local server" if where.startswith("http://mlflow:") else ""
+        print(
+            f"tracking off: {where} failed ({detail}); the run goes on, metrics.jsonl records it{fix}", file=sys.stderr
+        )
 
     def start(self, params, tags):
         """Once per run: the recipe as parameters, provenance (image, code, packages) as tags."""
-        if self.path is None:
-            return
-        tags = {k: str(v) for k, v in tags.items()}
-        if self.run is not None:
-            try:  # SDK v1 runs have no parameters: both go in as tags, as before
-                self.run.set_tags({**{k: str(v) for k, v in params.items()}, **tags})
-            except Exception as e:
-                self.tracking_off(e)
-            return
-        if self.mlflow is None:
-            return
-        why = reachable(os.environ.get("MLFLOW_TRACKING_URI", ""))
-        if why:
-            return self.tracking_off(why)
-        try:
-            if not os.environ.get("MLFLOW_RUN_ID"):  # Azure ML v2 gives its job's run; else our own
-                self.mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT)
-                # The UI then opens on training runs and their charts, not on GenAI traces.
-                self.mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
-                self.mlflow.start_run()
-                self.own_run = True
-            self.mlflow.log_params(params)
-            self.mlflow.set_tags(tags)
-        except Exception as e:
-            self.tracking_off(e)
+        if self.path is not None:
+            self.call("start", params, {k: str(v) for k, v in tags.items()})
 
     def log(self, name, value, step, epoch):
         value = float(value)
         self.last[name] = value
         if self.path is None:
             return
-        record = {
-            "name": name,
-            "value": value,
-            "step": step,
-            "epoch": epoch,
-            "time": round(time.time() - self.t0, 3),
-        }
+        record = {"name": name, "value": value, "step": step, "epoch": epoch, "time": round(time.time() - self.t0, 3)}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        try:
-            if self.run is not None:
-                self.run.log(name, value)
-            elif self.mlflow is not None:
-                self.mlflow.log_metric(name, value, step=step)
-        except Exception as e:
-            self.tracking_off(e)
+        self.call("log", name, value, step)
 
-    def close(self, artifacts=()):
-        """Upload the run's output files to an MLflow run this process started, and end it.
-
-        Azure ML uploads ./outputs itself and ends the job's own run (MLFLOW_RUN_ID).
-        """
-        if self.mlflow is None or not self.own_run:
-            return
-        try:
-            for path in artifacts:
-                if Path(path).is_file():
-                    self.mlflow.log_artifact(str(path))
-            self.mlflow.end_run()
-        except Exception as e:
-            self.tracking_off(e)
+    def close(self, artifacts=(), status="FINISHED"):
+        """Send what the tracker holds and close it; an MLflow run this process started also gets the
+        output files and ends with status. Safe at any time and more than once: the first call closes."""
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r}: use one of {', '.join(STATUSES)}")
+        self.call("close", list(artifacts), status)
+        self.tracker = None

@@ -1,42 +1,53 @@
-"""metrics.py: metrics.jsonl always; a tracker where the environment names one; never a stopped run."""
+"""metrics.py: metrics.jsonl always; exactly one tracker, the one the environment names; never a stopped run.
+
+The trackers are the real ones: azureml-core against the run-history stand-in (azure/standin.py) on a local
+port, MLflow on a file: store. A failure is made by patching only the call that fails.
+"""
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 import metrics
-from metrics import Metrics, azureml_run, mlflow_tracking
+from metrics import Metrics, choose, tracker
 
 SRC = Path(metrics.__file__).parent
 PARAMS = {"model": "Net", "lr": 0.001, "batch_size": 4}
 TAGS = {"image_ref": "cifar10-trainer:test", "source_sha256": "ab" * 32, "packages_sha256": "0123456789abcdef"}
+V1_URI = "azureml://eastus.api.azureml.ms/mlflow/v1.0/subscriptions/s/resourceGroups/g/providers/x?&is-remote=True"
 
 
 @pytest.fixture(autouse=True)
 def no_tracker_env(monkeypatch):
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "AZUREML_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
-    for name in metrics.LOCAL_SERVER_ENV:
-        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.startswith(("MLFLOW_", "AZUREML_")):
+            monkeypatch.delenv(name)
 
 
 def rows(out_dir):
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def record_a_run(out_dir, tracker_run=None, mlflow=None, artifacts=()):
-    m = Metrics(out_dir, tracker_run, mlflow)
+def record_a_run(out_dir, the_tracker=None, artifacts=(), status="FINISHED"):
+    m = Metrics(out_dir, the_tracker)
     m.start(PARAMS, TAGS)
     for step in (10, 20, 30):
         m.log("loss", 2.0 / step, step, 1)
     m.log("test/accuracy", 0.25, 30, 1)
-    m.close(artifacts)
+    m.close(artifacts, status)
     return m
+
+
+def points(out_dir):
+    return [(r["name"], r["value"], r["step"]) for r in rows(out_dir)]
 
 
 def imported_after(code, env):
@@ -48,16 +59,90 @@ def imported_after(code, env):
     return out.stdout.strip().splitlines()[-1]
 
 
+@pytest.fixture(scope="session")
+def standin_service():
+    """azure/standin.py's run-history service on a free port, up until the tests end: azureml-core may still
+    send what a test's run queued after that test (a run whose tracking went off is never flushed)."""
+    pytest.importorskip("azureml.core")
+    import standin
+    from werkzeug.serving import make_server
+
+    service = standin.app()
+    server = make_server("127.0.0.1", 0, service, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}", service.config["RECORDED"]
+
+
+@pytest.fixture
+def run_history(standin_service, tmp_path, monkeypatch):
+    """The variables an Azure ML v1 run has, pointing at the stand-in; what it recorded for this run."""
+    import standin
+
+    url, recorded = standin_service
+    workspace = {"SUBSCRIPTION": "00000000-0000-0000-0000-000000000000", "RESOURCEGROUP": "rg", "WORKSPACE_NAME": "ws"}
+    for name, value in workspace.items():
+        monkeypatch.setenv(f"AZUREML_ARM_{name}", value)
+    monkeypatch.setenv("AZUREML_ARM_PROJECT_NAME", "unit")
+    # A run id of its own: azureml-core keeps one Run per id for the process (_SubmittedRun._get_instance).
+    run_id = f"unit_{int(time.time())}_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("AZUREML_RUN_ID", run_id)
+    monkeypatch.setenv("AZUREML_RUN_TOKEN", standin.run_token())
+    monkeypatch.setenv("AZUREML_SERVICE_ENDPOINT", url)
+    monkeypatch.setenv("AZUREML_DISCOVERY_SERVICE_ENDPOINT", url + "/discovery")
+    monkeypatch.setenv("HOME", str(tmp_path))  # azureml-core caches the discovery answer in ~/.azureml
+    return recorded["runs"].setdefault(run_id, {"tags": {}, "metrics": []}), recorded["unexpected"]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A real MLflow store in a folder: the MLflow client, as the compose server or Azure's endpoint would see it."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "unit")
+    return mlflow.MlflowClient()
+
+
+@pytest.fixture
+def v2_job(store, monkeypatch):
+    """An Azure ML v2 job's variables: Azure made the job's run before the job started."""
+    experiment = store.create_experiment("day1-experiment-train")
+    run_id = store.create_run(experiment).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    monkeypatch.setenv("AZUREML_RUN_ID", "day1-experiment-train_1_abcd")  # set in v2 jobs too
+    return run_id
+
+
+def history(client, run_id):
+    got = [(m.key, m.value, m.step, m.timestamp) for name in ("loss", "test/accuracy")
+           for m in client.get_metric_history(run_id, name)]  # fmt: skip
+    return [m[:3] for m in sorted(got, key=lambda m: m[3])]
+
+
+@pytest.mark.parametrize(
+    "env,kind",
+    [
+        ({}, None),
+        ({"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, "mlflow"),  # `make train MLFLOW=1`
+        ({"AZUREML_RUN_ID": "r", "MLFLOW_TRACKING_URI": "azureml://x", "MLFLOW_RUN_ID": "r"}, "mlflow"),  # v2 job
+        ({"AZUREML_RUN_ID": "r"}, "azureml"),  # v1 without azureml-mlflow; the COMPUTE=local v1 rehearsal
+        ({"AZUREML_RUN_ID": "r", "MLFLOW_TRACKING_URI": V1_URI, "MLFLOW_RUN_ID": "r"}, "azureml"),  # v1 wrapper
+    ],
+)
+def test_one_tracker_is_chosen_from_what_azure_ml_sets(env, kind):
+    assert choose(env) == kind
+
+
 def test_without_a_tracker_everything_goes_to_metrics_jsonl(tmp_path):
     m = record_a_run(tmp_path)
-    got = rows(tmp_path)
-    assert [(r["name"], r["value"], r["step"], r["epoch"]) for r in got][:3] == [
-        ("loss", 0.2, 10, 1),
-        ("loss", 0.1, 20, 1),
-        ("loss", 2.0 / 30, 30, 1),
+    assert points(tmp_path) == [
+        ("loss", 0.2, 10),
+        ("loss", 0.1, 20),
+        ("loss", 2.0 / 30, 30),
+        ("test/accuracy", 0.25, 30),
     ]
-    assert all(0 <= r["time"] < 60 for r in got) and m.last == {"loss": 2.0 / 30, "test/accuracy": 0.25}
-    assert time.time() - m.t0 < 60
+    assert all(0 <= r["time"] < 60 and r["epoch"] == 1 for r in rows(tmp_path))
+    assert m.last == {"loss": 2.0 / 30, "test/accuracy": 0.25} and time.time() - m.t0 < 60
 
 
 def test_a_rank_without_out_dir_records_nothing(tmp_path):
@@ -67,36 +152,86 @@ def test_a_rank_without_out_dir_records_nothing(tmp_path):
 
 def test_outside_azure_ml_neither_azureml_core_nor_mlflow_is_imported():
     env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
-    assert imported_after("import metrics; metrics.azureml_run(); metrics.mlflow_tracking()", env) == "[]"
-    assert azureml_run() is None and mlflow_tracking() is None
+    assert imported_after("import metrics; metrics.Metrics(None, metrics.tracker()).start({}, {})", env) == "[]"
+    assert tracker() is None
 
 
-def test_azure_ml_run_variable_is_what_makes_azureml_core_load():
-    pytest.importorskip("azureml.core")
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "AZUREML_RUN_ID": "not-a-real-run"}
-    # Without the rest of a real job's variables, azureml-core itself falls back to an offline run.
-    got = imported_after("import metrics; assert metrics.azureml_run() is None", env)
-    assert got == "['azureml.core']"
+def test_v1_run_history_gets_tags_and_every_point_and_close_sends_the_last_one(tmp_path, run_history, capsys):
+    run, unexpected = run_history
+    record_a_run(tmp_path, tracker())
+    # No waiting: azureml-core sends from a 1-second timer; without close()'s flush the last points are not there yet.
+    assert [(p["name"], p["value"], p["step"]) for p in run["metrics"]] == points(tmp_path)
+    assert run["tags"] == {**{k: str(v) for k, v in PARAMS.items()}, **TAGS} and unexpected == []
+    assert "tracking off" not in capsys.readouterr().err
 
 
-def test_mlflow_gets_params_tags_metrics_with_steps_and_the_output_files(tmp_path, monkeypatch):
-    mlflow = pytest.importorskip("mlflow")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # stands in for the compose server here
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "unit")
+def test_v2_job_logs_into_azures_run_and_leaves_it_running(tmp_path, store, v2_job, capsys):
+    record_a_run(tmp_path, tracker(), artifacts=[tmp_path / "metrics.jsonl"])
+    run = store.get_run(v2_job)
+    assert run.info.status == "RUNNING"  # Azure ML ends the job's run, and uploads ./outputs itself
+    assert history(store, v2_job) == points(tmp_path) and store.list_artifacts(v2_job) == []
+    assert run.data.params == {k: str(v) for k, v in PARAMS.items()} and TAGS.items() <= run.data.tags.items()
+    assert "tracking off" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("status", ["FINISHED", "KILLED", "FAILED"])
+def test_a_users_server_gets_a_run_of_its_own_ended_with_the_runs_status(tmp_path, store, status):
     out = tmp_path / "out"
     out.mkdir()
     (out / "summary.json").write_text("{}\n")
-    record_a_run(out, mlflow=mlflow_tracking(), artifacts=[out / "summary.json", out / "model.pt"])
+    record_a_run(out, tracker(), artifacts=[out / "summary.json", out / "model.pt"], status=status)
+    (run,) = store.search_runs([store.get_experiment_by_name("unit").experiment_id])
+    assert run.info.status == status and history(store, run.info.run_id) == points(out)
+    assert [a.path for a in store.list_artifacts(run.info.run_id)] == ["summary.json"]  # model.pt absent
+    assert store.get_experiment_by_name("unit").tags["mlflow.experimentKind"] == "custom_model_development"
 
-    (run,) = mlflow.search_runs(experiment_names=["unit"], output_format="list")
-    assert run.info.status == "FINISHED"
-    assert run.data.params == {k: str(v) for k, v in PARAMS.items()}
-    assert {k: run.data.tags[k] for k in TAGS} == TAGS
-    client = mlflow.tracking.MlflowClient()
-    history = [(h.step, h.value) for h in client.get_metric_history(run.info.run_id, "loss")]
-    assert history == [(r["step"], r["value"]) for r in rows(out) if r["name"] == "loss"]
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["summary.json"]  # model.pt absent
+
+def fail_from(monkeypatch, owner, name, call=1):
+    """owner.name raises from its call-th call on, as a service lost at that point would."""
+    real, calls = getattr(owner, name), []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) >= call:
+            raise ConnectionError(f"HTTP 503 from the service ({name})")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing)
+
+
+def azureml_calls():
+    from azureml.core import Run
+
+    return {"start": (Run, "get_context", 1), "mid-run": (Run, "log", 2), "close": (Run, "flush", 1)}
+
+
+def mlflow_calls():
+    import mlflow
+
+    return {"start": (mlflow.MlflowClient, "log_batch", 1), "mid-run": (mlflow.MlflowClient, "log_metric", 2)}
+
+
+@pytest.mark.parametrize("phase", ["start", "mid-run", "close"])
+@pytest.mark.parametrize("kind", ["v1 run history", "v2 job's run", "own MLflow run"])
+def test_a_tracker_failing_costs_one_line_and_never_the_run(tmp_path, request, monkeypatch, capsys, kind, phase):
+    if kind == "v1 run history":
+        request.getfixturevalue("run_history")
+        owner, name, call = azureml_calls()[phase]
+    else:
+        request.getfixturevalue("v2_job" if kind == "v2 job's run" else "store")
+        import mlflow
+
+        at_close = (
+            (mlflow, "flush_async_logging", 1) if kind == "v2 job's run" else (mlflow.MlflowClient, "set_terminated", 1)
+        )
+        owner, name, call = {**mlflow_calls(), "close": at_close}[phase]
+    fail_from(monkeypatch, owner, name, call)
+    m = record_a_run(tmp_path, tracker(), artifacts=[tmp_path / "metrics.jsonl"])
+    m.close()  # a second close, as a failure path may call it again: nothing more happens
+    m.log("after/close", 1.0, 40, 1)
+    err = capsys.readouterr().err
+    assert err.count("tracking off") == 1 and "HTTP 503" in err and len(err.strip().splitlines()) == 1, err
+    assert len(rows(tmp_path)) == 5 and m.tracker is None
 
 
 def test_a_configured_server_that_is_down_says_so_once_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
@@ -106,72 +241,44 @@ def test_a_configured_server_that_is_down_says_so_once_and_the_run_goes_on(tmp_p
         port = s.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     t = time.monotonic()
-    m = record_a_run(tmp_path, mlflow=mlflow_tracking(), artifacts=[])
+    record_a_run(tmp_path, tracker())
     assert time.monotonic() - t < metrics.PROBE_SECONDS + 2  # nothing waits for the server
     err = capsys.readouterr().err
     assert err.count("tracking off") == 1 and f"127.0.0.1:{port}" in err and len(err.splitlines()) == 1
-    assert len(rows(tmp_path)) == 4 and m.mlflow is None
-
-
-def test_a_local_server_gets_short_timeouts_and_azure_ml_keeps_mlflow_defaults(monkeypatch):
-    pytest.importorskip("mlflow")
-    import os
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "azureml://eastus.api.azureml.ms/mlflow/v1.0/x")
-    mlflow_tracking()
-    assert not any(name in os.environ for name in metrics.LOCAL_SERVER_ENV)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # a user's own choice wins
-    mlflow_tracking()
-    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
-
-
-class FakeMlflow:
-    """Records calls; log_metric raises from the given call on, as a server that died mid-run."""
-
-    def __init__(self, fail_from=None):
-        self.calls, self.fail_from, self.metrics = [], fail_from, 0
-
-    def __getattr__(self, name):
-        def call(*args, **kwargs):
-            self.calls.append(name)
-            if name == "log_metric":
-                self.metrics += 1
-                if self.fail_from and self.metrics >= self.fail_from:
-                    raise ConnectionError("Max retries exceeded with url: /api/2.0/mlflow/runs/log-metric")
-
-        return call
-
-
-def test_a_server_lost_mid_run_is_reported_once_then_left_alone(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///nowhere")  # no /health probe for file stores
-    fake = FakeMlflow(fail_from=2)
-    record_a_run(tmp_path, mlflow=fake, artifacts=[tmp_path / "metrics.jsonl"])
-    assert capsys.readouterr().err.count("tracking off") == 1
-    assert fake.calls.count("log_metric") == 2 and "log_artifact" not in fake.calls and "end_run" not in fake.calls
     assert len(rows(tmp_path)) == 4
 
 
-def test_in_an_azure_ml_v2_job_its_own_run_is_used_not_started_nor_ended(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "azureml://eastus.api.azureml.ms/mlflow/v1.0/x")
-    monkeypatch.setenv("MLFLOW_RUN_ID", "job-run")
-    fake = FakeMlflow()
-    record_a_run(tmp_path, mlflow=fake, artifacts=[tmp_path / "metrics.jsonl"])
-    assert fake.calls == ["log_params", "set_tags"] + ["log_metric"] * 4  # Azure ML uploads ./outputs
+def test_a_v1_run_whose_variables_give_no_run_says_so_once(tmp_path, run_history, monkeypatch, capsys):
+    monkeypatch.delenv("AZUREML_RUN_TOKEN")  # azureml-core then falls back to its offline run
+    record_a_run(tmp_path, tracker())
+    err = capsys.readouterr().err
+    assert err.count("tracking off") == 1 and "AZUREML_RUN_TOKEN" in err and run_history[0]["metrics"] == []
 
 
-def test_an_sdk_v1_run_gets_everything_once_and_mlflow_nothing(tmp_path):
-    class Run:
-        def __init__(self):
-            self.tags, self.logged = {}, []
+def test_a_local_server_gets_short_timeouts_and_azure_ml_keeps_mlflow_defaults(monkeypatch):
+    metrics.server_defaults("azureml://eastus.api.azureml.ms/mlflow/v1.0/x")
+    assert not any(name in os.environ for name in metrics.LOCAL_SERVER_ENV)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # a user's own choice wins
+    metrics.server_defaults("http://mlflow:5000")
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    for name in metrics.LOCAL_SERVER_ENV:
+        monkeypatch.delenv(name, raising=False)
 
-        def set_tags(self, tags):
-            self.tags.update(tags)
 
-        def log(self, name, value):
-            self.logged.append((name, value))
+def test_close_takes_mlflows_status_names_only_and_is_safe_before_start(tmp_path):
+    m = Metrics(tmp_path, tracker())
+    m.close()
+    m.close(status="KILLED")
+    with pytest.raises(ValueError, match="use one of FINISHED, KILLED, FAILED"):
+        m.close(status="CANCELED")
 
-    run, fake = Run(), FakeMlflow()
-    record_a_run(tmp_path, tracker_run=run, mlflow=fake)
-    assert run.tags == {**{k: str(v) for k, v in PARAMS.items()}, **TAGS}
-    assert len(run.logged) == 4 and fake.calls == []
+
+def test_the_trainer_finishes_when_azure_mls_run_history_fails_at_start(tmp_path, run_history, monkeypatch, capsys):
+    """Issue 15 point 3: a REST or auth error inside Run.get_context() used to crash setup()."""
+    pytest.importorskip("torch")
+    from runner import run_main
+
+    fail_from(monkeypatch, *azureml_calls()["start"])
+    assert run_main(tmp_path, "--epochs 1 --fake-data 40") == 0
+    err = capsys.readouterr().err
+    assert err.count("tracking off: Azure ML run history failed (HTTP 503") == 1, err

@@ -1,0 +1,239 @@
+"""The cloud's side of a run, rehearsed: a local stand-in for the services the trainer's trackers talk to.
+
+    python standin.py [--port 5000]     # the v1 run-history service (Flask, in the cifar10-mlflow image)
+
+v1: the run-history calls that azureml-core 1.61.0.post4 makes for Run.get_context(), run.set_tags,
+run.log and run.flush, read from its source and each seen arriving here (paths in that package):
+  GET   $AZUREML_DISCOVERY_SERVICE_ENDPOINT: the service URLs (azureml/_base_sdk_common/service_discovery.py,
+        discover_services_uris; the keys: azureml/_restclient/service_context.py, _ServiceKeys)
+  GET   /history/v1.0/<workspace>/experiments/<experiment>/runs/<run>: the run (azureml/core/run.py,
+        _SubmittedRun; azureml/_run_impl/run_base.py reads root_run_id and run_number)
+  PATCH the same: run.set_tags (azureml/_restclient/run_client.py)
+  POST  /metric/v2.0/<workspace>/runs/<run>/batch: run.log, batched by a 1-second timer
+        (azureml/_restclient/operations/metric_operations.py, post_run_metrics; azureml/_common/async_utils)
+  GET   /history/v1.0/<workspace>/experiments/<experiment>/runs/<run>/metricsingest/wait: run.flush
+        (azureml/_restclient/run_client.py, wait_for_metrics_ingest)
+Each needs `Authorization: Bearer <AZUREML_RUN_TOKEN>`, a JWT whose exp azureml-core reads
+(azureml/core/authentication.py, _get_initial_token_and_expiry). Anything else is answered 404 and
+recorded as unexpected. GET /_recorded serves back what arrived.
+
+v2: Azure ML's MLflow endpoint is played by MLflow's own tracking server (the cifar10-mlflow image,
+mlflow 3.15.0, as its ENTRYPOINT runs it) with the job's run made before the job starts, as Azure ML
+does; record() reads what arrived through MLflow's REST API.
+
+The functions above the service run on the host with the standard library only (azure/local_run.py
+starts and stops the stand-in with them); Flask is imported only by the service.
+"""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+IMAGE_MLFLOW = os.environ.get("IMAGE_MLFLOW", "cifar10-mlflow:local")
+PORT = 5000
+# The discovery keys (azureml/_restclient/service_context.py, _ServiceKeys.initialize): all served here.
+SERVICE_KEYS = ("api", "experimentation", "history", "hyperdrive", "modelmanagement", "studio")
+WORKSPACE = "/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.MachineLearningServices/workspaces/<ws>"
+RUN = f"/history/v1.0{WORKSPACE}/experiments/<experiment>/runs/<run_id>"
+
+
+class StandinError(Exception):
+    pass
+
+
+def run_token(hours=24):
+    """A token shaped as Azure ML's (a JWT with exp), unsigned: the stand-in checks only that one is sent."""
+    part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    return part({"alg": "none", "typ": "JWT"}) + "." + part({"exp": int(time.time()) + hours * 3600}) + "."
+
+
+def api(url, path, body=None):
+    """One JSON call to the stand-in (GET, or POST with a body)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
+def wait_healthy(url, container, seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    logs = subprocess.run(["docker", "logs", "--tail", "5", container], capture_output=True, text=True)
+    raise StandinError(f"the stand-in {container} did not answer in {seconds} s: {logs.stderr.strip()[-300:]}")
+
+
+def start(sdk, run_id, experiment, network):
+    """Start the stand-in on the job's network; returns (handle, the variables Azure ML would set for it)."""
+    if subprocess.run(["docker", "image", "inspect", IMAGE_MLFLOW], capture_output=True).returncode:
+        raise StandinError(f"the tracking stand-in runs in {IMAGE_MLFLOW}, which is missing: make build-tracking")
+    name = f"{network}-standin"
+    docker = ["docker", "run", "-d", "--rm", "--name", name, "--network", network, "-p", f"127.0.0.1::{PORT}"]
+    if sdk == "v2":  # the image's own `mlflow server`, answering to the name the job uses
+        hosts = f"{name},{name}:*,localhost:*,127.0.0.1:*"
+        docker += [IMAGE_MLFLOW, "--workers", "1", "--allowed-hosts", hosts]
+    else:
+        here = os.path.abspath(__file__)
+        docker += ["-v", f"{here}:/standin.py:ro", "--entrypoint", "python", IMAGE_MLFLOW, "/standin.py"]
+    subprocess.run(docker, check=True, stdout=subprocess.DEVNULL)
+    port = subprocess.run(["docker", "port", name, str(PORT)], capture_output=True, text=True).stdout.split()
+    handle = {"sdk": sdk, "name": name, "url": "http://" + port[0] if port else None, "run_id": run_id}
+    try:
+        wait_healthy(handle["url"] or "http://127.0.0.1:1", name)
+        return handle, (prepare_v2 if sdk == "v2" else prepare_v1)(handle, experiment)
+    except BaseException:
+        stop(handle)
+        raise
+
+
+def prepare_v1(handle, experiment):
+    """What Azure ML sets for azureml-core in a v1 run (names: azureml/_run_impl/constants.py, RunEnvVars)."""
+    inside = f"http://{handle['name']}:{PORT}"
+    return {
+        "AZUREML_RUN_TOKEN": run_token(),
+        "AZUREML_SERVICE_ENDPOINT": inside,
+        "AZUREML_DISCOVERY_SERVICE_ENDPOINT": f"{inside}/discovery",
+        "AZUREML_WORKSPACE_ID": str(uuid.uuid5(uuid.NAMESPACE_URL, "local")),
+    }
+
+
+def prepare_v2(handle, experiment):
+    """The job's run, made before the job as Azure ML makes it, and the MLflow variables it sets."""
+    found = api(handle["url"], "/api/2.0/mlflow/experiments/create", {"name": experiment})
+    run = api(handle["url"], "/api/2.0/mlflow/runs/create", {"experiment_id": found["experiment_id"]})["run"]
+    handle["mlflow_run_id"] = run["info"]["run_id"]
+    return {
+        "MLFLOW_TRACKING_URI": f"http://{handle['name']}:{PORT}",
+        "MLFLOW_RUN_ID": run["info"]["run_id"],
+        "MLFLOW_EXPERIMENT_ID": found["experiment_id"],
+        "MLFLOW_EXPERIMENT_NAME": experiment,
+    }
+
+
+def record(handle):
+    """What the stand-in received: run id, status, tags, params and every metric point in arrival order."""
+    if handle["sdk"] != "v2":
+        got = api(handle["url"], "/_recorded")
+        run = got["runs"].get(handle["run_id"], {"tags": {}, "metrics": []})
+        return {"run_id": handle["run_id"], "status": "Running", **run, "unexpected": got["unexpected"]}
+    run_id = handle["mlflow_run_id"]
+    run = api(handle["url"], f"/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
+    points = []
+    for name in sorted({m["key"] for m in run["data"].get("metrics", [])}):
+        query = urllib.parse.urlencode({"run_id": run_id, "metric_key": name})
+        points += api(handle["url"], f"/api/2.0/mlflow/metrics/get-history?{query}")["metrics"]
+    points.sort(key=lambda m: (int(m["timestamp"]), m["step"]))
+    return {
+        "run_id": run_id,
+        "status": run["info"]["status"],
+        "tags": {t["key"]: t["value"] for t in run["data"].get("tags", [])},
+        "params": {p["key"]: p["value"] for p in run["data"].get("params", [])},
+        "metrics": [{"name": m["key"], "value": m["value"], "step": m["step"]} for m in points],
+        "unexpected": [],
+    }
+
+
+def stop(handle, save_to=None):
+    """Save what the stand-in received (JSON at save_to), then remove it; one line on stderr says where."""
+    try:
+        if save_to is not None and handle.get("url"):
+            got = record(handle)
+            save_to.write_text(json.dumps(got, indent=1) + "\n")
+            print(f"stand-in: {len(got['metrics'])} metric points arrived, record in {save_to}", file=sys.stderr)
+    except (OSError, KeyError, ValueError) as e:
+        print(f"stand-in: no record ({e})", file=sys.stderr)
+    finally:
+        subprocess.run(["docker", "rm", "-f", handle["name"]], capture_output=True)
+
+
+# The service: runs in the container (Flask is in the cifar10-mlflow image), or in a test's thread.
+
+
+def app():
+    from flask import Flask, abort, jsonify, request
+
+    service = Flask("standin")
+    recorded = service.config["RECORDED"] = {"runs": {}, "unexpected": []}
+    lock = threading.Lock()
+
+    def the_run(run_id):
+        return recorded["runs"].setdefault(run_id, {"tags": {}, "metrics": []})
+
+    @service.before_request
+    def bearer():
+        if request.path not in ("/health", "/_recorded", "/discovery") and not request.headers.get(
+            "Authorization", ""
+        ).startswith("Bearer "):
+            abort(401)
+
+    @service.get("/health")
+    def health():
+        return "OK"
+
+    @service.get("/_recorded")
+    def served_back():
+        with lock:
+            return jsonify(recorded)
+
+    @service.get("/discovery")
+    def discovery():
+        return jsonify({key: request.host_url.rstrip("/") for key in SERVICE_KEYS})
+
+    @service.route(RUN, methods=["GET", "PATCH"])
+    def run(sub, rg, ws, experiment, run_id):
+        with lock:
+            tags = the_run(run_id)["tags"]
+            if request.method == "PATCH":
+                tags.update((request.get_json() or {}).get("tags") or {})
+            return jsonify(run_dto(run_id, tags))
+
+    @service.post(f"/metric/v2.0{WORKSPACE}/runs/<run_id>/batch")
+    def metrics(sub, rg, ws, run_id):
+        with lock:
+            for metric in request.get_json()["values"]:
+                for point in metric["value"]:
+                    value = point["data"][metric["name"]]
+                    the_run(run_id)["metrics"].append(
+                        {"name": metric["name"], "value": value, "step": point.get("step")}
+                    )
+        return jsonify({})
+
+    @service.get(f"{RUN}/metricsingest/wait")
+    def ingested(sub, rg, ws, experiment, run_id):
+        return jsonify({})  # 200: every batch is stored when its POST is answered
+
+    @service.errorhandler(404)
+    def unexpected(error):
+        with lock:
+            recorded["unexpected"].append(f"{request.method} {request.path}")
+        return jsonify({"error": {"code": "NotFound", "message": "not served by the stand-in"}}), 404
+
+    return service
+
+
+def run_dto(run_id, tags):
+    """The fields of a RunDto (azureml/_restclient/models/run_dto.py) that azureml-core reads."""
+    return {"runId": run_id, "rootRunId": run_id, "runNumber": 1, "status": "Running", "tags": tags, "properties": {}}
+
+
+def main(argv=None):
+    from werkzeug.serving import make_server
+
+    args = argv if argv is not None else sys.argv[1:]
+    port = int(args[args.index("--port") + 1]) if "--port" in args else PORT
+    make_server("0.0.0.0", port, app(), threaded=True).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
