@@ -34,7 +34,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build build-submit-v2 build-tracking ui lock-mlflow train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp bench-image clean
+.PHONY: help build build-submit-v2 build-tracking ui lock-mlflow train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp bench-image compare clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -107,6 +107,9 @@ bench-ddp: build ## data-parallel scaling, 1 vs 2 processes (torchrun), in the i
 
 bench-image: ## image size, first push and cold pull, before (BEFORE=rev) and after the layer split; COLD=1 adds a cold build
 	bash bench/image.sh
+
+compare: ## two runs' output folders side by side; exit 0 when they are the same run: make compare A=DIR B=DIR
+	python3 azure/compare.py $(A) $(B)
 
 clean: ## remove outputs, checkpoints, the host test venv and the image (keeps downloaded data)
 	rm -rf $(OUTPUTS_DIR)/* $(CHECKPOINTS_DIR)/* $(HOST_VENV)
