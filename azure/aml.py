@@ -16,11 +16,19 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ENV_NAME = "cifar10-trainer"  # "AzureML*" and "Microsoft*" are reserved for curated environments
+# One Environment name per SDK: a version is immutable once registered ("Environment X with version Y is
+# already registered and cannot be changed", github.com/Azure/azure-cli-extensions/issues/5440), and the
+# two SDKs register different definitions of one image (v1 adds its python section). "AzureML*" and
+# "Microsoft*" are reserved for curated environments.
+ENV_NAMES = {"v1": "cifar10-trainer", "v2": "cifar10-trainer-v2"}
 INTERPRETER = "/opt/venv/bin/python"  # the image's venv; no conda, no pip layer on top
 SCRIPT = "train.py"
-EXPERIMENT = "day1-experiment-train"  # the Azure tutorial's (part 3) experiment and cluster
-COMPUTE = "cpu-cluster"
+# The Azure tutorial's experiments: part 3 trains, part 4 trains on data uploaded to the datastore.
+EXPERIMENT, EXPERIMENT_DATA = "day1-experiment-train", "day1-experiment-data"
+# Where `make upload-data` puts ./data on the default datastore: the tutorial's part 4 target_path.
+DATA_TARGET = "datasets/cifar10"
+# Stands in for the workspace's registry in a dry run, which reads nothing from Azure.
+WORKSPACE_REGISTRY_STANDIN = "workspace-registry.azurecr.io"
 IMAGE_REF = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9._:/-]*):(?P<tag>\w[\w.-]{0,127})@(?P<digest>sha256:[0-9a-f]{64})$")
 WORKSPACE_VARS = ("AZUREML_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME")
 SP_VARS = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET")
@@ -57,6 +65,10 @@ def environment_version(image_ref):
     return parse_image_ref(image_ref)["digest"].split(":", 1)[1][:16]
 
 
+def environment_name(sdk):
+    return ENV_NAMES[sdk]
+
+
 @dataclass(frozen=True)
 class Mount:
     """A datastore folder given to the trainer as `flag PATH` (followed by `then`)."""
@@ -71,15 +83,15 @@ class Mount:
 
 @dataclass(frozen=True)
 class Intent:
-    """One training run, as both SDKs must send it."""
+    """One training run, as both SDKs must send it. Every default of `make submit` is stated here, once."""
 
     image: str
     source_dir: str
     trainer_args: tuple = ()
     experiment: str = EXPERIMENT
-    compute: str = COMPUTE
+    compute: str = "cpu-cluster"  # the tutorial's cluster
     vm_size: str = "STANDARD_D2_V2"
-    max_nodes: int = 1
+    max_nodes: int = 0  # 0: as many as `nodes`, so that a cluster created for this run can run it
     low_priority: bool = False
     # A created cluster scales to 0 nodes (costs nothing idle) 30 minutes after its last run.
     idle_seconds: int = 1800
@@ -87,6 +99,10 @@ class Intent:
     nodes: int = 1
     procs_per_node: int = 1
     mounts: tuple = field(default=())
+    # A registry other than the workspace's own, and how the job pulls from it (see check_pull)
+    registry: str | None = None
+    registry_identity: tuple = ()  # (resource id, client id) of a user-assigned managed identity
+    registry_connection: str | None = None  # a workspace connection of type container_registry
 
     @property
     def environment_variables(self):
@@ -98,20 +114,49 @@ class Intent:
 
 
 def intent(image, source_dir, trainer_args, datastore="workspaceblobstore", data_path=None, checkpoint_path=None, **kw):
-    """The Intent of `submit.py run`: data read-only at --data-dir, checkpoints writable at
-    --checkpoint-dir with --resume auto, so a run restarted after preemption continues there
-    (./outputs is not reliably restored then; --overwrite: a restart may find a partial one)."""
+    """The Intent of `submit.py run`: data read-only at --data-dir (the tutorial's part 4: its named
+    input, in its experiment unless one is given), checkpoints writable at --checkpoint-dir with
+    --resume auto, so a run restarted after preemption continues there (./outputs is not reliably
+    restored then; --overwrite: a restart may find a partial one)."""
     parse_image_ref(image)
     mounts = []
     if data_path:
         mounts.append(Mount("cifar10", datastore, data_path.strip("/"), False, "--data-dir"))
+        kw.setdefault("experiment", EXPERIMENT_DATA)
     if checkpoint_path:
         then = ("--resume", "auto", "--overwrite")
         mounts.append(Mount("checkpoints", datastore, checkpoint_path.strip("/"), True, "--checkpoint-dir", then))
+    kw["max_nodes"] = kw.get("max_nodes") or kw.get("nodes", Intent.nodes)
     job = Intent(image, str(source_dir), tuple(str(a) for a in trainer_args), mounts=tuple(mounts), **kw)
     if not 1 <= job.nodes <= job.max_nodes or job.procs_per_node < 1:
         raise SubmitError(f"NODES={job.nodes} needs a cluster of at least that many nodes: set MAX_NODES={job.nodes}")
     return job
+
+
+def check_pull(sdk, job):
+    """Refuse an image in a registry other than the workspace's own unless the job can pull it, in
+    the way each SDK documents; otherwise the run fails only once a node is allocated.
+
+    v1: `Environment.docker.base_image_registry` with a user-assigned identity (RegistryIdentity: resource
+    and client id; learn.microsoft.com/azure/machine-learning/v1/how-to-use-managed-identities, "Access
+    base images from private ACR"). Its username/password are not taken: they would be stored in the
+    registered Environment. v2: no per-environment credential; a workspace connection of type
+    container_registry holds the identity or credentials (reference-yaml-connection-container-registry;
+    a maintainer in github.com/Azure/azure-sdk-for-python/issues/40122: "deprecated ... in favor of
+    workspace connections")."""
+    if not job.registry:
+        return
+    other = f"REGISTRY={job.registry} is not the workspace's registry and nothing lets the job pull from it:"
+    if sdk == "v1" and len([i for i in job.registry_identity if i]) != 2:
+        raise SubmitError(
+            f"{other} set REGISTRY_IDENTITY (resource id) and REGISTRY_IDENTITY_CLIENT_ID of a user-assigned "
+            f"identity that the cluster carries, with AcrPull on the registry, or unset REGISTRY (docs/azure.md)"
+        )
+    if sdk == "v2" and not job.registry_connection:
+        raise SubmitError(
+            f"{other} SDK v2 pulls with a workspace connection: `az ml connection create` one of type "
+            f"container_registry for it and set REGISTRY_CONNECTION=<its name>, or unset REGISTRY (docs/azure.md)"
+        )
 
 
 def snapshot_files(source_dir):
@@ -172,7 +217,9 @@ def login_mode(mode, cache):
         missing = [v for v in SP_VARS if not os.environ.get(v)]
         if missing:
             raise SubmitError(f"service principal login needs {', '.join(missing)} in the environment")
-    if mode == "interactive" and not Path(cache).is_file() and not sys.stdin.isatty():
+    # submit.sh runs the login without a TTY (its output is data) and says whether a person is there.
+    terminal = sys.stdin.isatty() or os.environ.get("AML_TERMINAL") == "1"
+    if mode == "interactive" and not Path(cache).is_file() and not terminal:
         raise SubmitError(
             "no Azure credentials: interactive login needs a terminal; for CI set "
             f"{', '.join(SP_VARS)} (service principal) or use AUTH=msi on an Azure VM"
@@ -193,7 +240,7 @@ def login_server_of(registry):
     """properties.loginServer of a registry resource, as ARM returns it (Registries - Get)."""
     server = (registry.get("properties") or {}).get("loginServer")
     if not server:
-        raise SubmitError(f"registry {registry.get('id', '?')} has no loginServer yet: set REGISTRY= to push elsewhere")
+        raise SubmitError(f"registry {registry.get('id', '?')} has no loginServer yet: wait until it is created")
     return server
 
 
@@ -201,7 +248,9 @@ def registry_login_server(registry_id, arm_token, arm=ARM):  # network
     """The login server of the workspace's registry, read from its ARM resource: it is not always
     NAME.azurecr.io (sovereign clouds, upper-case names)."""
     if not registry_id:
-        raise SubmitError("the workspace has no container registry yet: attach one (portal) or set REGISTRY=")
+        raise SubmitError(
+            "the workspace has no container registry yet: create and attach one (docs/azure.md, first-time set-up)"
+        )
     url = f"{arm}{registry_id}?api-version={REGISTRY_API_VERSION}"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {arm_token}"})
     with urllib.request.urlopen(request, timeout=60) as r:

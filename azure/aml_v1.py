@@ -7,19 +7,28 @@ compute, submit. azureml is imported inside them: importing this module costs no
 import os
 from pathlib import Path
 
-from aml import ARM_SCOPE, ENV_NAME, INTERPRETER, SCRIPT, SP_VARS, environment_version, login_mode
+from aml import ARM_SCOPE, INTERPRETER, SCRIPT, SP_VARS, SubmitError, environment_name, environment_version, login_mode
+
+SDK = "v1"
 
 
-def build_environment(image_ref):
-    """The custom-image Environment: the image runs as is, with its own interpreter."""
+def build_environment(intent):
+    """The custom-image Environment: the image runs as is, with its own interpreter. From a registry
+    other than the workspace's, pulled with the user-assigned identity that aml.check_pull required."""
     from azureml.core import Environment
+    from azureml.core.container_registry import RegistryIdentity
 
-    env = Environment.from_docker_image(ENV_NAME, image_ref)
+    env = Environment.from_docker_image(environment_name(SDK), intent.image)
     env.python.user_managed_dependencies = True
     env.python.conda_dependencies = None
     env.python.interpreter_path = INTERPRETER
     env.environment_variables.clear()  # Environment()'s EXAMPLE_ENV_VAR; the setter is deprecated
-    env.version = environment_version(image_ref)
+    env.version = environment_version(intent.image)
+    if intent.registry:
+        identity = RegistryIdentity()
+        identity.resource_id, identity.client_id = intent.registry_identity
+        env.docker.base_image_registry.address = intent.registry
+        env.docker.base_image_registry.registry_identity = identity
     return env
 
 
@@ -49,7 +58,7 @@ def build_job(intent):
         script=SCRIPT,
         arguments=args,
         compute_target=intent.compute,
-        environment=build_environment(intent.image),
+        environment=build_environment(intent),
         docker_runtime_config=DockerConfiguration(use_docker=True, shm_size=intent.shm_size),
         distributed_job_config=(
             PyTorchConfiguration(process_count=intent.processes, node_count=intent.nodes)
@@ -122,12 +131,19 @@ def credential(mode):
 
 def token(auth, scope):  # network
     """An Azure AD access token for scope. azureml-core's public get_token() ignores its scopes and
-    always returns an ARM token, so other audiences go through the login's own token call."""
+    always returns an ARM token, so other audiences go through the login's own token call.
+
+    An InteractiveLoginAuthentication that finds an ambient login (AZUREML_SERVICE_PRINCIPAL_* variables,
+    a managed identity, a run token) hands every call to it, and its _get_resource_token raises
+    NotImplementedError when that login has none (azureml/core/authentication.py): ask the ambient one."""
     if scope == ARM_SCOPE:
         return auth.get_token().token
+    auth = getattr(auth, "_ambient_auth", None) or auth
     if hasattr(auth, "_get_sp_credential_object"):  # ServicePrincipalAuthentication: azure-identity inside
         return auth._get_sp_credential_object().get_token(scope).token
-    return auth._get_resource_token(scope.removesuffix("/.default"))  # interactive, msi
+    if hasattr(auth, "_get_resource_token"):  # interactive, msi
+        return auth._get_resource_token(scope.removesuffix("/.default"))
+    raise SubmitError(f"a {type(auth).__name__} login gives no token for {scope}: use AUTH=sp or AUTH=interactive")
 
 
 def connect(settings, auth):  # network
@@ -141,6 +157,11 @@ def registry_id(ws):  # network
     return ws.get_details().get("containerRegistry")
 
 
+def check_registry(ws, intent):
+    """Nothing to read back: the identity aml.check_pull required travels in the Environment, and
+    whether the cluster carries it shows only when a node pulls."""
+
+
 def compute(ws, intent):  # network
     from azureml.core.compute import ComputeTarget
     from azureml.core.compute_target import ComputeTargetException
@@ -151,6 +172,11 @@ def compute(ws, intent):  # network
         target = ComputeTarget.create(ws, intent.compute, compute_config(intent))
         target.wait_for_completion(show_output=True)
         return target
+
+
+def upload(ws, folder, target):  # network
+    """As the tutorial's part 4 does: the folder's files under target on the default datastore."""
+    ws.get_default_datastore().upload(src_dir=str(folder), target_path=target, overwrite=True, show_progress=True)
 
 
 def submit(ws, job, intent, wait):  # network

@@ -10,7 +10,9 @@ import os
 import shlex
 from pathlib import Path
 
-from aml import ARM_SCOPE, ENV_NAME, INTERPRETER, SCRIPT, SP_VARS, environment_version, login_mode
+from aml import ARM_SCOPE, INTERPRETER, SCRIPT, SP_VARS, SubmitError, environment_name, environment_version, login_mode
+
+SDK = "v2"
 
 
 def datastore_uri(mount):
@@ -35,7 +37,9 @@ def build_job(intent):
     return command(
         code=intent.source_dir,
         command=" ".join(words),
-        environment=Environment(name=ENV_NAME, version=environment_version(intent.image), image=intent.image),
+        environment=Environment(
+            name=environment_name(SDK), version=environment_version(intent.image), image=intent.image
+        ),
         compute=intent.compute,
         inputs=inputs,
         outputs=outputs,
@@ -108,6 +112,22 @@ def registry_id(client):  # network
     return client.workspaces.get(client.workspace_name).container_registry
 
 
+def check_registry(client, intent):  # network
+    """The workspace connection that aml.check_pull required exists and points at the registry."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        connection = client.connections.get(intent.registry_connection)
+    except ResourceNotFoundError:
+        connection = None
+    target = (getattr(connection, "target", "") or "").removeprefix("https://").rstrip("/")
+    if getattr(connection, "type", None) != "container_registry" or target != intent.registry:
+        raise SubmitError(
+            f"the workspace has no container_registry connection {intent.registry_connection!r} for "
+            f"{intent.registry}: create it (`az ml connection create`, docs/azure.md) or unset REGISTRY"
+        )
+
+
 def compute(client, intent):  # network
     from azure.core.exceptions import ResourceNotFoundError
 
@@ -115,6 +135,17 @@ def compute(client, intent):  # network
         return client.compute.get(intent.compute)
     except ResourceNotFoundError:
         return client.compute.begin_create_or_update(compute_config(intent)).result()
+
+
+def upload(client, folder, target):  # network
+    """SDK v2 has no upload to a chosen datastore path: a uri_folder data asset with a local path is
+    uploaded to the default datastore by create_or_update (how-to-create-data-assets). Its folder there,
+    not `target`, is what DATA_PATH must name; it is printed."""
+    from azure.ai.ml.constants import AssetTypes
+    from azure.ai.ml.entities import Data
+
+    asset = client.data.create_or_update(Data(name="cifar10", path=str(folder), type=AssetTypes.URI_FOLDER))
+    print(f"data asset {asset.name}:{asset.version} at {asset.path}: DATA_PATH={asset.path.split('/paths/', 1)[-1]}")
 
 
 def submit(client, job, intent, wait):  # network

@@ -1,63 +1,60 @@
 #!/usr/bin/env bash
-# `make submit`: refuse stale code, check config and credentials, push the image by digest,
-# then register the Environment and submit the run. DRY_RUN=1: no network, no credentials;
-# print the push and the exact definitions that would be sent. COMPUTE=local: push to REGISTRY
-# (e.g. a registry on 127.0.0.1), then run the very job the dry run prints with the host's
-# Docker, as AmlCompute would (azure/local_run.py); offline, no Azure.
+# `make submit`, in three steps and at most two containers: (1) check the job offline (stale code,
+# TRAIN_ARGS through the trainer's own parser, settings, registry) and log in; (2) push the image by
+# digest from the host; (3) register the Environment and submit. DRY_RUN=1: no network, no credentials;
+# print the push and the exact definitions. COMPUTE=local: push to REGISTRY (e.g. a registry on
+# 127.0.0.1), then run the very job the dry run prints with the host's Docker (azure/local_run.py).
+# The job's settings are make's variables, read once by azure/submit.py (compose passes them through).
+# `submit.sh upload-data`: ./data to the default datastore (COMPUTE=local: into LOCAL_DATASTORE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-cifar10-trainer:local}
-AUTH=${AUTH:-auto}
-COMPUTE=${COMPUTE:-cpu-cluster}
 service=submit
 [ "${SDK:-v1}" = v2 ] && service=submit-v2
+# Whether a person can answer a device-code login: the first container runs without a TTY.
+[ -t 0 ] && [ -t 2 ] && export AML_TERMINAL=1
+dry=()
+[ -n "${DRY_RUN:-}" ] && dry=(--dry-run)
 
 # Python in the image does the Azure work; -T: its stdout is data here, not a terminal.
 aml() { docker compose --profile azure run --rm -T "$service" "$@"; }
+now() { echo "${EPOCHREALTIME:-$(date +%s)}"; }
+since() { awk "BEGIN {printf \"%.1f\", $(now) - $1}"; }
 
-if [ "$COMPUTE" = local ] && [ -z "${REGISTRY:-}" ]; then
+if [ "${1:-}" = upload-data ]; then
+  if [ "${COMPUTE:-}" = local ]; then exec python3 azure/local_workspace.py upload-data; fi
+  exec docker compose --profile azure run --rm -v "$PWD/data:/work/data:ro" "$service" upload-data "${dry[@]}"
+fi
+if [ "${COMPUTE:-}" = local ] && [ -z "${REGISTRY:-}" ]; then
   echo "error: COMPUTE=local pulls the image by digest from a registry:" \
     "set REGISTRY=HOST:PORT (e.g. a docker-registry on 127.0.0.1)" >&2
   exit 1
 fi
-aml check-source
-if [ "$COMPUTE" = local ]; then
-  registry=$REGISTRY
-elif [ -n "${DRY_RUN:-}" ]; then
-  registry=${REGISTRY:-workspace-registry.azurecr.io}  # stands in for the workspace's
-else
-  # With a terminal, so that a device-code login can prompt; the token is cached in ~/.azure.
-  docker compose --profile azure run --rm "$service" login --auth "$AUTH"
-  if [ -z "${REGISTRY:-}" ]; then
-    registry=$(aml registry --auth "$AUTH")
-    aml acr-token --auth "$AUTH" --registry "$registry" \
-      | docker login "$registry" --username 00000000-0000-0000-0000-000000000000 --password-stdin
-  else
-    registry=$REGISTRY
-    echo "pushing to $registry with the host's existing docker login" >&2
-  fi
-fi
-start=${EPOCHREALTIME:-$(date +%s)}
-ref=$(bash azure/publish.sh "$IMAGE" "$registry")
-push_seconds=$(awk "BEGIN {print ${EPOCHREALTIME:-$(date +%s)} - $start}")
 
-opts=(--image "$ref" --experiment "${EXPERIMENT:-day1-experiment-train}" --compute "$COMPUTE"
-      --vm-size "${VM_SIZE:-STANDARD_D2_V2}" --max-nodes "${MAX_NODES:-${NODES:-1}}" --shm-size "${SHM_SIZE:-2g}"
-      --nodes "${NODES:-1}" --procs-per-node "${PROCS_PER_NODE:-1}"
-      --datastore "${DATASTORE:-workspaceblobstore}")
-[ -n "${DRY_RUN:-}" ] || [ "$COMPUTE" = local ] && opts+=(--dry-run)
-[ -n "${LOW_PRIORITY:-}" ] && opts+=(--low-priority)
-[ -n "${WAIT:-}" ] && opts+=(--wait)
-[ -n "${DATA_PATH:-}" ] && opts+=(--data-path "$DATA_PATH")
-[ -n "${CHECKPOINT_PATH:-}" ] && opts+=(--checkpoint-path "$CHECKPOINT_PATH")
-[ -z "${DRY_RUN:-}" ] && [ "$COMPUTE" != local ] && opts+=(--auth "$AUTH")
-if [ "$COMPUTE" = local ] && [ -z "${DRY_RUN:-}" ]; then
+start=$(now)
+prepared=$(aml prepare "${dry[@]}")
+registry=$(sed -n 's/^REGISTRY //p' <<<"$prepared")
+token=$(sed -n 's/^TOKEN //p' <<<"$prepared")
+if [ -n "$token" ]; then
+  printf '%s' "$token" | docker login "$registry" --username 00000000-0000-0000-0000-000000000000 --password-stdin
+elif [ -z "${DRY_RUN:-}" ] && [ "${COMPUTE:-}" != local ]; then
+  echo "pushing to $registry with the host's existing docker login" >&2
+fi
+check=$(since "$start")
+
+start=$(now)
+ref=$(bash azure/publish.sh "$IMAGE" "$registry")
+push=$(since "$start")
+
+start=$(now)
+if [ "${COMPUTE:-}" = local ] && [ -z "${DRY_RUN:-}" ]; then
   plan=$(mktemp)
   trap 'rm -f "$plan"' EXIT
-  # shellcheck disable=SC2086  # TRAIN_ARGS is a list of flags on purpose
-  aml run "${opts[@]}" -- ${TRAIN_ARGS:-} >"$plan"
-  PUSH_SECONDS=$push_seconds python3 azure/local_run.py "$plan"
-else
-  # shellcheck disable=SC2086
-  docker compose --profile azure run --rm "$service" run "${opts[@]}" -- ${TRAIN_ARGS:-}
+  aml run --image "$ref" --dry-run >"$plan"
+  python3 azure/local_workspace.py register "$plan"
+  echo "timing: check $check s, job definition $(since "$start") s" >&2
+  PUSH_SECONDS=$push python3 azure/local_run.py "$plan"
+  exit 0
 fi
+aml run --image "$ref" "${dry[@]}"
+echo "timing: check and login $check s, push $push s, register and submit $(since "$start") s" >&2

@@ -1,7 +1,10 @@
 """`make submit` up to Azure: the push and pull by digest against a real registry on 127.0.0.1
-(Debian's docker-registry, started here), and the refusals that must push nothing."""
+(Debian's docker-registry, started here), the refusals that must push nothing, and the containers
+it starts (at most three: check and log in, push from the host, register and submit)."""
 
 import json
+import os
+import shutil
 import subprocess
 
 import pytest
@@ -42,9 +45,13 @@ def test_stale_src_is_refused_before_anything_is_pushed(worktree, registry):
     assert tags(registry) == before
 
 
+# A registry other than the workspace's (REGISTRY=) needs a pulling identity (v1); these tests push there.
+PULLER = {"REGISTRY_IDENTITY": "/subscriptions/0/userAssignedIdentities/puller", "REGISTRY_IDENTITY_CLIENT_ID": "cid"}
+
+
 def test_missing_workspace_config_is_refused_before_anything_is_pushed(worktree, registry):
     before = tags(registry)
-    r = submit_sh(worktree, registry)
+    r = submit_sh(worktree, registry, **PULLER)
     assert r.returncode != 0 and "no Azure ML workspace configured" in r.stderr
     assert tags(registry) == before
 
@@ -54,17 +61,64 @@ def test_missing_credentials_are_refused_before_anything_is_pushed(worktree, reg
     (worktree / ".azureml" / "config.json").write_text(
         json.dumps({"subscription_id": "0000", "resource_group": "rg", "workspace_name": "ws"})
     )
-    r = submit_sh(worktree, registry, AUTH="sp")
+    r = submit_sh(worktree, registry, AUTH="sp", **PULLER)
     assert r.returncode != 0 and "service principal login needs AZURE_TENANT_ID" in r.stderr
-    r = submit_sh(worktree, registry)
+    r = submit_sh(worktree, registry, **PULLER)
     assert r.returncode != 0 and "no Azure credentials" in r.stderr
     assert tags(registry) == before
 
 
 def test_make_submit_dry_run_prints_the_push_and_the_definitions_without_network(worktree, registry):
-    r = submit_sh(worktree, registry, DRY_RUN="1", TRAIN_ARGS="--epochs 1")
+    r = submit_sh(worktree, registry, DRY_RUN="1", TRAIN_ARGS="--epochs 1", **PULLER)
     assert r.returncode == 0, r.stderr
     assert f"would run: docker tag {IMAGE} {registry}/cifar10-trainer:" in r.stderr
     plan = json.loads(r.stdout[r.stdout.index("{") :])
     assert plan["environment"]["docker"]["baseImage"].startswith(f"{registry}/cifar10-trainer:")
+    assert plan["environment"]["docker"]["baseImageRegistry"]["registryIdentity"]["clientId"] == "cid"
     assert plan["runConfiguration"]["arguments"] == ["--epochs", "1"]
+    assert "timing: check and login" in r.stderr and ", push " in r.stderr
+
+
+@pytest.mark.parametrize("sdk", ["v1", "v2"])
+def test_another_registry_without_a_way_to_pull_is_refused_before_anything_is_pushed(worktree, registry, sdk):
+    before = tags(registry)
+    r = submit_sh(worktree, registry, SDK=sdk, TRAIN_ARGS="--epochs 1")
+    assert r.returncode == 1 and "is not the workspace's registry" in r.stderr
+    assert ("REGISTRY_IDENTITY" if sdk == "v1" else "REGISTRY_CONNECTION") in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr  # one line, and nothing pushed
+    assert tags(registry) == before
+
+
+@pytest.mark.parametrize("sdk", ["v1", "v2"])
+def test_bad_train_args_end_in_the_trainers_error_exit_2_before_anything_is_pushed(worktree, registry, sdk):
+    """COMPUTE=local pushes for real: a typo must stop it before the multi-GB push, not on the cluster."""
+    before = tags(registry)
+    r = submit_sh(worktree, registry, SDK=sdk, COMPUTE="local", TRAIN_ARGS="--epochs zero")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == ["error: argument --epochs: expected an integer, got 'zero' (see --help)"]
+    assert tags(registry) == before
+
+
+DOCKER_SHIM = """#!/bin/sh
+# Counts the containers make submit starts, then runs the real docker.
+case " $* " in *" run "*) echo "$*" >>"$CONTAINER_LOG";; esac
+exec {docker} "$@"
+"""
+
+
+@pytest.mark.parametrize("sdk", ["v1", "v2"])
+def test_make_submit_dry_run_starts_at_most_three_containers(worktree, registry, tmp_path, sdk):
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    shim.write_text(DOCKER_SHIM.format(docker=shutil.which("docker")))
+    shim.chmod(0o755)
+    log = tmp_path / "containers.log"
+    path = f"{shim.parent}:{os.environ['PATH']}"
+    r = submit_sh(worktree, registry, SDK=sdk, DRY_RUN="1", PATH=path, CONTAINER_LOG=str(log), **PULLER_FOR[sdk])
+    assert r.returncode == 0, r.stderr
+    started = log.read_text().splitlines()
+    assert 1 <= len(started) <= 3, started
+    assert all(line.startswith("compose --profile azure run") for line in started), started
+
+
+PULLER_FOR = {"v1": PULLER, "v2": {"REGISTRY_CONNECTION": "other-acr"}}

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 import aml
+import local_workspace
 
 DIGEST = "sha256:" + "ef56" * 16
 REF = f"registry.example/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
@@ -96,7 +97,8 @@ def test_a_workspace_without_registry_is_one_clear_error():
 
 def test_the_intent_mounts_data_read_only_and_checkpoints_writable():
     job = aml.intent(REF, "src", ["--epochs", 1], data_path="/datasets/cifar10/", checkpoint_path="ck/run-1")
-    assert job.trainer_args == ("--epochs", "1") and job.experiment == "day1-experiment-train"
+    # with data: the tutorial's part 4 experiment
+    assert job.trainer_args == ("--epochs", "1") and job.experiment == "day1-experiment-data"
     assert job.compute == "cpu-cluster" and job.environment_variables == {"IMAGE_REF": REF}
     data, checkpoints = job.mounts
     assert (data.path, data.writable, data.flag, data.then) == ("datasets/cifar10", False, "--data-dir", ())
@@ -107,3 +109,45 @@ def test_the_intent_mounts_data_read_only_and_checkpoints_writable():
 def test_more_nodes_than_the_cluster_allows_is_refused():
     with pytest.raises(aml.SubmitError, match="set MAX_NODES=3"):
         aml.intent(REF, "src", [], nodes=3, max_nodes=2)
+    assert aml.intent(REF, "src", [], nodes=3).max_nodes == 3  # a cluster created for the run fits it
+
+
+def test_v1_and_v2_register_one_image_under_different_names_and_one_version():
+    """Environment versions are immutable and the SDKs' definitions differ: one (name, version) each."""
+    v1 = (aml.environment_name("v1"), aml.environment_version(REF))
+    v2 = (aml.environment_name("v2"), aml.environment_version(REF))
+    assert v1 != v2 and v1[1] == v2[1]
+    assert not any(n.lower().startswith(("azureml", "microsoft")) for n in aml.ENV_NAMES.values())  # reserved
+
+
+def test_a_registry_other_than_the_workspaces_is_refused_unless_the_sdks_documented_way_is_set():
+    job = aml.intent(REF, "src", [], registry="other.registry.example")
+    for sdk, fix in (("v1", "REGISTRY_IDENTITY"), ("v2", "REGISTRY_CONNECTION")):
+        with pytest.raises(aml.SubmitError, match=f"not the workspace's registry.*{fix}"):
+            aml.check_pull(sdk, job)
+    identity = aml.intent(REF, "src", [], registry="other.registry.example", registry_identity=("/rid", "cid"))
+    aml.check_pull("v1", identity)
+    with pytest.raises(aml.SubmitError, match="REGISTRY_CONNECTION"):
+        aml.check_pull("v2", identity)  # v2 has no per-environment identity
+    aml.check_pull("v2", aml.intent(REF, "src", [], registry="other.registry.example", registry_connection="acr"))
+    aml.check_pull("v1", aml.intent(REF, "src", []))  # the workspace's own registry needs nothing
+
+
+def plan(sdk, definition):
+    env = {"name": aml.environment_name(sdk), "version": aml.environment_version(REF), **definition}
+    return {"sdk": sdk, "environment": env} if sdk == "v1" else {"sdk": sdk, "job": {"environment": env}}
+
+
+def test_the_local_workspace_keeps_environments_and_refuses_a_changed_definition(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    v1 = {"docker": {"baseImage": REF}, "python": {"interpreterPath": "/opt/venv/bin/python"}}
+    assert local_workspace.register(plan("v1", v1)) == "cifar10-trainer:ef56ef56ef56ef56"
+    assert local_workspace.register(plan("v2", {"image": REF})) == "cifar10-trainer-v2:ef56ef56ef56ef56"
+    local_workspace.register(plan("v1", v1))  # the same definition again: fine, as on Azure
+    with pytest.raises(local_workspace.LocalWorkspaceError) as e:
+        local_workspace.register(plan("v1", {**v1, "python": {"interpreterPath": "python"}}))
+    # Azure ML's own words (github.com/Azure/azure-cli-extensions/issues/5440)
+    assert "Environment cifar10-trainer with version ef56ef56ef56ef56 is already registered and cannot be changed" in (
+        str(e.value)
+    )
+    assert len(json.loads((tmp_path / ".azureml" / "local-environments.json").read_text())) == 2

@@ -21,6 +21,8 @@ REF = f"myws.azurecr.io/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
 @pytest.fixture
 def source(submit_source, monkeypatch):
     monkeypatch.setattr(submit, "SDK", "v1")
+    for var in (*submit.SETTINGS, "AML_TERMINAL"):  # make's variables from the machine running the tests
+        monkeypatch.delenv(var, raising=False)
     return submit_source
 
 
@@ -123,7 +125,7 @@ def test_the_image_carries_the_digest_of_its_own_code():
 
 
 def test_missing_workspace_config_is_one_clear_error(source, tmp_path, capsys):
-    assert submit.main(["login", "--config", str(tmp_path / "nope.json")]) == 1
+    assert submit.main(["prepare", "--config", str(tmp_path / "nope.json")]) == 1
     err = capsys.readouterr().err
     assert "no Azure ML workspace configured" in err and "AZUREML_SUBSCRIPTION_ID" in err
 
@@ -137,13 +139,14 @@ def config(tmp_path):
 
 def test_missing_service_principal_variables_are_named(source, config, capsys, monkeypatch):
     monkeypatch.setenv("AZURE_CLIENT_ID", "app-id")
-    assert submit.main(["login", "--config", str(config)]) == 1
+    assert submit.main(["prepare", "--config", str(config)]) == 1
     assert "service principal login needs AZURE_TENANT_ID, AZURE_CLIENT_SECRET" in capsys.readouterr().err
 
 
 def test_no_credentials_and_no_terminal_is_refused_before_any_login(source, config, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", open("/dev/null"))
-    assert submit.main(["login", "--config", str(config)]) == 1
+    monkeypatch.delenv("AML_TERMINAL", raising=False)
+    assert submit.main(["prepare", "--config", str(config)]) == 1
     assert "no Azure credentials" in capsys.readouterr().err
 
 
@@ -185,15 +188,16 @@ def test_azure_ai_ml_is_not_in_the_training_runtime():
 
 
 def test_two_nodes_use_pytorch_configuration(source, capsys):
-    plan = dry_run(capsys, "--nodes", "2", "--procs-per-node", "2", "--max-nodes", "2")
+    plan = dry_run(capsys, "--nodes", "2", "--procs-per-node", "2")
     rc = plan["runConfiguration"]
     assert rc["framework"] == "PyTorch" and rc["nodeCount"] == 2
     assert rc["pytorch"] == {"communicationBackend": "nccl", "processCount": 4, "nodeCount": 2}
-    assert submit.main(["run", "--image", REF, "--dry-run", "--nodes", "2"]) == 1
-    assert "set MAX_NODES=2" in capsys.readouterr().err
+    assert plan["compute"]["if_missing"]["max_nodes"] == 2  # a cluster created for the run can run it
+    assert submit.main(["run", "--image", REF, "--dry-run", "--nodes", "3", "--max-nodes", "2"]) == 1
+    assert "set MAX_NODES=3" in capsys.readouterr().err
 
 
-def test_acr_token_asks_azureml_core_for_a_registry_audience_token(source, config, monkeypatch, capsys):
+def test_prepare_logs_in_and_asks_azureml_core_for_a_registry_audience_token(source, config, monkeypatch, capsys):
     from azureml.core.authentication import ServicePrincipalAuthentication
 
     asked, exchanged = [], []
@@ -206,7 +210,87 @@ def test_acr_token_asks_azureml_core_for_a_registry_audience_token(source, confi
     for var in aml.SP_VARS:
         monkeypatch.setenv(var, "x")
     monkeypatch.setattr(ServicePrincipalAuthentication, "_get_sp_credential_object", lambda self: Credential())
+    monkeypatch.setattr(ServicePrincipalAuthentication, "get_token", lambda self: Credential().get_token("arm"))
+    monkeypatch.setattr(aml_v1, "connect", lambda settings, auth: "workspace")
+    monkeypatch.setattr(aml_v1, "registry_id", lambda ws: "/subscriptions/0/registries/myreg")
+    monkeypatch.setattr(aml, "registry_login_server", lambda rid, arm: "myreg.registry.example")
     monkeypatch.setattr(aml, "acr_refresh_token", lambda server, token: exchanged.append((server, token)) or "acr")
-    assert submit.main(["acr-token", "--config", str(config), "--registry", "myreg.registry.example"]) == 0
-    assert asked == ["https://containerregistry.azure.net/.default"]
-    assert exchanged == [("myreg.registry.example", "aad-token")] and capsys.readouterr().out == "acr\n"
+    assert submit.main(["prepare", "--config", str(config)]) == 0
+    assert asked == ["arm", "https://containerregistry.azure.net/.default"]
+    assert exchanged == [("myreg.registry.example", "aad-token")]
+    assert capsys.readouterr().out == "REGISTRY myreg.registry.example\nTOKEN acr\n"  # what submit.sh reads
+
+
+def test_interactive_login_with_service_principal_variables_gets_a_registry_token(monkeypatch, tmp_path):
+    """AZUREML_SERVICE_PRINCIPAL_* make InteractiveLoginAuthentication defer to an ambient
+    ServicePrincipalAuthentication, whose missing _get_resource_token raised NotImplementedError."""
+    from azureml.core.authentication import InteractiveLoginAuthentication, ServicePrincipalAuthentication
+
+    for var, value in (("TENANT_ID", "tenant"), ("ID", "app-id"), ("PASSWORD", "secret")):
+        monkeypatch.setenv(f"AZUREML_SERVICE_PRINCIPAL_{var}", value)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AML_TERMINAL", "1")
+    asked = []
+
+    class Credential:  # the network edge: azure-identity's token call
+        def get_token(self, *scopes):
+            asked.extend(scopes)
+            return type("AccessToken", (), {"token": "aad-token"})()
+
+    monkeypatch.setattr(ServicePrincipalAuthentication, "_get_sp_credential_object", lambda self: Credential())
+    auth = aml_v1.credential("interactive")
+    assert isinstance(auth, InteractiveLoginAuthentication)
+    assert isinstance(auth._ambient_auth, ServicePrincipalAuthentication)
+    assert aml_v1.token(auth, aml.REGISTRY_SCOPE) == "aad-token"
+    assert asked == [aml.REGISTRY_SCOPE]
+
+
+def test_a_registry_other_than_the_workspaces_needs_a_pulling_identity(source, capsys, monkeypatch):
+    monkeypatch.setenv("REGISTRY", "other.registry.example")
+    assert submit.main(["run", "--image", REF, "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "is not the workspace's registry" in err and "REGISTRY_IDENTITY" in err and err.count("\n") == 1
+    assert submit.main(["prepare", "--dry-run"]) == 1  # what submit.sh runs before any push
+    capsys.readouterr()
+    monkeypatch.setenv("REGISTRY_IDENTITY", "/subscriptions/0/userAssignedIdentities/puller")
+    monkeypatch.setenv("REGISTRY_IDENTITY_CLIENT_ID", "client-guid")
+    registry = dry_run(capsys)["environment"]["docker"]["baseImageRegistry"]
+    assert registry == {
+        "address": "other.registry.example",
+        "username": None,
+        "password": None,
+        "registryIdentity": {"resourceId": "/subscriptions/0/userAssignedIdentities/puller", "clientId": "client-guid"},
+    }
+    monkeypatch.setenv("COMPUTE", "local")  # the rehearsal pulls from any registry the host's Docker can
+    assert dry_run(capsys)["environment"]["docker"]["baseImageRegistry"]["address"] is None
+
+
+def test_bad_train_args_end_in_the_trainers_own_error_before_anything(source, capsys):
+    with pytest.raises(SystemExit) as e:
+        submit.main(["prepare", "--dry-run", "--", "--epochs", "zero"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --epochs: expected an integer") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:  # checked against the job's WORLD_SIZE, as each rank will
+        submit.main(["prepare", "--dry-run", "--nodes", "2", "--", "--batch-size", "1"])
+    assert e.value.code == 2 and "give at least one image per rank (2)" in capsys.readouterr().err
+
+
+def test_settings_come_from_makes_variables_with_the_intents_defaults(source, capsys, monkeypatch):
+    for var, value in {"NODES": "2", "SHM_SIZE": "4g", "TRAIN_ARGS": "--epochs 3", "LOW_PRIORITY": "1"}.items():
+        monkeypatch.setenv(var, value)
+    plan = dry_run(capsys)
+    rc = plan["runConfiguration"]
+    assert rc["arguments"] == ["--epochs", "3"] and rc["docker"]["shmSize"] == "4g" and rc["nodeCount"] == 2
+    assert plan["compute"]["if_missing"] == {
+        **plan["compute"]["if_missing"],
+        "max_nodes": 2,
+        "vm_priority": "lowpriority",
+    }
+    assert plan["compute"]["name"] == "cpu-cluster" and plan["experiment"] == "day1-experiment-train"
+
+
+def test_data_path_is_the_tutorials_part_4_experiment_unless_one_is_given(source, capsys, monkeypatch):
+    assert dry_run(capsys, "--data-path", "datasets/cifar10")["experiment"] == "day1-experiment-data"
+    monkeypatch.setenv("EXPERIMENT", "mine")
+    assert dry_run(capsys, "--data-path", "datasets/cifar10")["experiment"] == "mine"

@@ -15,6 +15,8 @@ REF = f"myws.azurecr.io/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
 @pytest.fixture
 def source(submit_source, monkeypatch):
     monkeypatch.setattr(submit, "SDK", "v2")
+    for var in (*submit.SETTINGS, "AML_TERMINAL"):  # make's variables from the machine running the tests
+        monkeypatch.delenv(var, raising=False)
     return submit_source
 
 
@@ -24,7 +26,8 @@ def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
     assert plan["sdk"] == "v2" and plan["experiment_name"] == "day1-experiment-train"  # the Azure tutorial's
     job = plan["job"]
     assert job["type"] == "command" and job["compute"] == "azureml:cpu-cluster"
-    assert job["environment"] == {"name": "cifar10-trainer", "version": "cd34cd34cd34cd34", "image": REF}
+    # Not v1's name: one version, one definition (v1 registers a python section on the same image)
+    assert job["environment"] == {"name": "cifar10-trainer-v2", "version": "cd34cd34cd34cd34", "image": REF}
     assert job["component"]["command"] == "/opt/venv/bin/python train.py --epochs 1"
     assert job["environment_variables"] == {"IMAGE_REF": REF}
     assert job["component"]["code"] == str(source)
@@ -65,11 +68,11 @@ def test_v2_missing_credentials_are_named(source, tmp_path, capsys, monkeypatch)
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
     monkeypatch.setenv("AZURE_CLIENT_SECRET", "s")
-    assert submit.main(["login", "--config", str(config)]) == 1
+    assert submit.main(["prepare", "--config", str(config)]) == 1
     assert "service principal login needs AZURE_TENANT_ID, AZURE_CLIENT_ID" in capsys.readouterr().err
     monkeypatch.delenv("AZURE_CLIENT_SECRET")
     monkeypatch.setattr("sys.stdin", open("/dev/null"))
-    assert submit.main(["login", "--config", str(config)]) == 1
+    assert submit.main(["prepare", "--config", str(config)]) == 1
     assert "no Azure credentials" in capsys.readouterr().err
 
 
@@ -86,7 +89,7 @@ def test_v2_two_nodes_use_pytorch_distribution(source, capsys):
     assert job["resources"]["instance_count"] == 2
 
 
-def test_v2_acr_token_asks_for_a_registry_audience_token(source, tmp_path, monkeypatch, capsys):
+def test_v2_prepare_asks_for_a_registry_audience_token(source, tmp_path, monkeypatch, capsys):
     import aml
     import aml_v2
 
@@ -100,7 +103,51 @@ def test_v2_acr_token_asks_for_a_registry_audience_token(source, tmp_path, monke
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
     monkeypatch.setattr(aml_v2, "credential", lambda mode: Credential())
-    monkeypatch.setattr(aml, "acr_refresh_token", lambda server, token: f"acr for {server} from {token}")
-    assert submit.main(["acr-token", "--config", str(config), "--registry", "myreg.registry.example"]) == 0
-    assert asked == ["https://containerregistry.azure.net/.default"]
-    assert capsys.readouterr().out == "acr for myreg.registry.example from aad-token\n"
+    monkeypatch.setattr(aml_v2, "registry_id", lambda client: "/subscriptions/0/registries/myreg")
+    monkeypatch.setattr(aml, "registry_login_server", lambda rid, arm: "myreg.registry.example")
+    monkeypatch.setattr(aml, "acr_refresh_token", lambda server, token: f"acr-for-{server}-from-{token}")
+    assert submit.main(["prepare", "--config", str(config)]) == 0
+    assert asked == ["https://management.azure.com/.default", "https://containerregistry.azure.net/.default"]
+    assert (
+        capsys.readouterr().out
+        == "REGISTRY myreg.registry.example\nTOKEN acr-for-myreg.registry.example-from-aad-token\n"
+    )
+
+
+def test_v2_a_registry_other_than_the_workspaces_needs_a_connection(source, tmp_path, monkeypatch, capsys):
+    """SDK v2 has no per-environment registry credential; a container_registry workspace connection
+    pulls (azure-sdk-for-python#40122). Refused before any push without one; checked in the workspace."""
+    from azure.ai.ml import MLClient
+    from azure.ai.ml.entities import ManagedIdentityConfiguration, WorkspaceConnection
+    from azure.core.exceptions import ResourceNotFoundError
+
+    import aml_v2
+
+    monkeypatch.setenv("REGISTRY", "other.registry.example")
+    assert submit.main(["prepare", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "SDK v2 pulls with a workspace connection" in err and "REGISTRY_CONNECTION" in err
+    monkeypatch.setenv("REGISTRY_IDENTITY", "/subscriptions/0/userAssignedIdentities/puller")  # v1's way
+    monkeypatch.setenv("REGISTRY_IDENTITY_CLIENT_ID", "client-guid")
+    assert submit.main(["prepare", "--dry-run"]) == 1
+    monkeypatch.setenv("REGISTRY_CONNECTION", "other-acr")
+    assert submit.main(["prepare", "--dry-run"]) == 0
+    assert capsys.readouterr().out.endswith("REGISTRY other.registry.example\n")
+
+    connections = {}
+
+    def get(self, name, **kwargs):  # the network edge: GET the workspace's connection
+        if name not in connections:
+            raise ResourceNotFoundError("not found")
+        return connections[name]
+
+    client = MLClient(object(), "0", "rg", "ws")
+    monkeypatch.setattr(type(client.connections), "get", get)
+    job, _ = submit.validate(aml_v2, submit.parse_args(["prepare"]), f"other.registry.example/c:t@sha256:{'0' * 64}")
+    with pytest.raises(submit.aml.SubmitError, match="no container_registry connection 'other-acr'"):
+        aml_v2.check_registry(client, job)
+    credentials = ManagedIdentityConfiguration(client_id="cid", resource_id="/rid")
+    connections["other-acr"] = WorkspaceConnection(
+        name="other-acr", type="container_registry", target="https://other.registry.example", credentials=credentials
+    )
+    aml_v2.check_registry(client, job)

@@ -1,0 +1,85 @@
+"""The workspace side of `make submit COMPUTE=local`: what Azure ML keeps between runs, kept here.
+
+    python3 azure/local_workspace.py register PLAN.json   # the plan's Environment, as Azure ML registers it
+    python3 azure/local_workspace.py upload-data          # ./data into the local datastore (make upload-data)
+
+Environments: name, version and definition, in .azureml/local-environments.json (beside the
+workspace's config.json: this rehearsal's workspace), across runs. Azure ML refuses a changed
+definition under a registered version: "(UserError) Environment test_env with version 6 is already
+registered and cannot be changed" (github.com/Azure/azure-cli-extensions/issues/5440; azure-ai-ml's
+create_or_update PUTs the version it is given, azureml-core's register likewise); so does this.
+The datastore: LOCAL_DATASTORE (default .), the folder local_run.py mounts datastore paths from.
+Standard library only: it runs on the host, beside Docker.
+"""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import aml
+
+
+class LocalWorkspaceError(Exception):
+    pass
+
+
+def datastore():
+    return Path(os.environ.get("LOCAL_DATASTORE", "."))
+
+
+def registry_file():
+    return Path(".azureml") / "local-environments.json"
+
+
+def environment_of(plan):
+    """(name, version, definition) of the plan's Environment, from the SDK's own serialization."""
+    env = plan["environment"] if plan["sdk"] == "v1" else plan["job"]["environment"]
+    definition = {k: v for k, v in env.items() if k not in ("name", "version")}
+    return env["name"], str(env["version"]), definition
+
+
+def register(plan):
+    """Register the plan's Environment, or refuse a changed definition under an existing version."""
+    name, version, definition = environment_of(plan)
+    path = registry_file()
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    key = f"{name}:{version}"
+    if key in known and known[key] != definition:
+        raise LocalWorkspaceError(
+            f"Environment {name} with version {version} is already registered and cannot be changed "
+            f"(Azure ML's answer; this rehearsal's registry is {path}: a new build gets a new version)"
+        )
+    known[key] = definition
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(known, indent=2, sort_keys=True) + "\n")
+    return key
+
+
+def upload_data(source=Path("data")):
+    """`make upload-data COMPUTE=local`: ./data copied to DATA_PATH (default aml.DATA_TARGET) in the datastore."""
+    if not source.is_dir() or not any(source.iterdir()):
+        raise LocalWorkspaceError(f"./{source} is empty: put CIFAR-10 there first (`make train` downloads it)")
+    target = (os.environ.get("DATA_PATH") or aml.DATA_TARGET).strip("/")
+    shutil.copytree(source, datastore() / target, dirs_exist_ok=True)
+    print(f"copied ./{source} to {datastore() / target}; now: make submit COMPUTE=local DATA_PATH={target}")
+
+
+def main(argv):
+    if argv[:1] == ["register"] and len(argv) == 2:
+        print(f"environment {register(json.loads(Path(argv[1]).read_text()))} registered", file=sys.stderr)
+    elif argv == ["upload-data"]:
+        upload_data()
+    else:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main(sys.argv[1:]))
+    except LocalWorkspaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
