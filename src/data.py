@@ -8,6 +8,10 @@ arithmetic (ToTensor, and with --normalize Normalize(0.5, 0.5)) so they see the 
 The data folder is only read: it may be a read-only mount (Azure ML v2's ro_mount) or one
 that must not be written back (v1). A folder holding only the .tar.gz is verified and
 extracted into a local scratch folder ($TMPDIR); only a download writes into it.
+
+torchvision is imported where the real CIFAR-10 files or PIL images are handled, not at import: it
+imports torch._dynamo and sympy, a second and a half of start-up that a --fake-data run on the fast
+pipeline never needs.
 """
 
 import os
@@ -19,14 +23,10 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision import datasets, transforms
-from torchvision.datasets.utils import check_integrity, extract_archive
 
 from errors import TrainerError
 
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-BASE_FOLDER = datasets.CIFAR10.base_folder  # "cifar-10-batches-py"
-ARCHIVE = datasets.CIFAR10.filename  # "cifar-10-python.tar.gz"
 FAKE = "pass --fake-data N to train on synthetic images"
 
 
@@ -34,22 +34,41 @@ class DataError(TrainerError):
     """A data problem the user can fix; its message says how."""
 
 
-def transform(normalize=False):
-    """The Azure tutorial's per-image transform (ToTensor); the blitz tutorial's adds Normalize."""
-    steps = [transforms.ToTensor()]
-    if normalize:
-        steps.append(transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
-    return transforms.Compose(steps)
+def cifar10():
+    """torchvision's CIFAR10 reader, imported on first use."""
+    from torchvision import datasets
+
+    return datasets.CIFAR10
 
 
-TUTORIAL_TRANSFORM = transform()
+class Transform:
+    """The Azure tutorial's per-image transform (ToTensor); the blitz tutorial's adds Normalize.
+    torchvision's own Compose, built on the first image: the trainer makes one for every run, and
+    only the tutorial pipeline ever calls it."""
+
+    def __init__(self, normalize=False):
+        self.normalize, self.compose = normalize, None
+
+    def __call__(self, image):
+        if self.compose is None:
+            from torchvision import transforms
+
+            steps = [transforms.ToTensor()]
+            if self.normalize:
+                steps.append(transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+            self.compose = transforms.Compose(steps)
+        return self.compose(image)
+
+
+transform = Transform  # what train.py calls
+TUTORIAL_TRANSFORM = Transform()
 
 
 def files(folder):
     """(path, md5) of every file torchvision's CIFAR10 checks, under folder/cifar-10-batches-py."""
-    c = datasets.CIFAR10
+    c = cifar10()
     listed = [*c.train_list, *c.test_list, [c.meta["filename"], c.meta["md5"]]]
-    return [(Path(folder) / BASE_FOLDER / name, md5) for name, md5 in listed]
+    return [(Path(folder) / c.base_folder / name, md5) for name, md5 in listed]
 
 
 def first_bad_file(folder):
@@ -59,8 +78,15 @@ def first_bad_file(folder):
     check of CIFAR-10's 178 MB takes half the time."""
     listed = files(folder)
     with ThreadPoolExecutor(max_workers=min(len(listed), os.cpu_count() or 1)) as pool:
-        intact = list(pool.map(lambda entry: check_integrity(*entry), listed))
+        intact = list(pool.map(lambda entry: utils().check_integrity(*entry), listed))
     return next((path for (path, _), ok in zip(listed, intact, strict=True) if not ok), None)
+
+
+def utils():
+    """torchvision's md5 check and archive extraction, imported on first use."""
+    from torchvision.datasets import utils
+
+    return utils
 
 
 def scratch_folder():
@@ -70,15 +96,15 @@ def scratch_folder():
 
 def extract(archive, scratch):
     """Verify `archive` (torchvision's md5) and extract it into `scratch`, atomically by rename."""
-    if not check_integrity(archive, datasets.CIFAR10.tgz_md5):
+    if not utils().check_integrity(archive, cifar10().tgz_md5):
         raise DataError(
             f"{archive} failed its md5 check (a partial copy, or another file): "
-            f"replace it with CIFAR-10's {ARCHIVE}, or remove it to download, or {FAKE}"
+            f"replace it with CIFAR-10's {cifar10().filename}, or remove it to download, or {FAKE}"
         )
     scratch.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix="cifar10-extracting-", dir=scratch.parent))
     try:
-        extract_archive(str(archive), str(partial))
+        utils().extract_archive(str(archive), str(partial))
         shutil.rmtree(scratch, ignore_errors=True)
         os.replace(partial, scratch)
     except OSError as e:
@@ -94,43 +120,58 @@ def extract(archive, scratch):
 def prepare(root, download=True):
     """The folder that holds an intact cifar-10-batches-py: `root` itself, or the scratch folder
     holding its archive's extraction, or `root` after a download. Writes into `root` only to download."""
-    root = Path(root)
+    root, c = Path(root), cifar10()
     bad = first_bad_file(root)
     if bad is None:
         return root
-    if (root / ARCHIVE).is_file():
+    if (root / c.filename).is_file():
         scratch = scratch_folder()
         if first_bad_file(scratch) is not None:  # another rank of this node may have done it
-            extract(root / ARCHIVE, scratch)
+            extract(root / c.filename, scratch)
         return scratch
     if not download:
         found = "missing" if not bad.exists() else "corrupt"
         raise DataError(
-            f"CIFAR-10 is missing or corrupt in {root}/{BASE_FOLDER}: {bad} is {found} (md5 check); "
-            f"put the data set or {ARCHIVE} there, rerun with network access, or {FAKE}"
+            f"CIFAR-10 is missing or corrupt in {root}/{c.base_folder}: {bad} is {found} (md5 check); "
+            f"put the data set or {c.filename} there, rerun with network access, or {FAKE}"
         )
     try:
-        datasets.CIFAR10(root, train=True, download=True)
+        c(root, train=True, download=True)
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         reason = getattr(e, "reason", None) or e
         raise DataError(
             f"CIFAR-10 is missing or corrupt in {root} and could not be downloaded ({reason}): "
-            f"put {BASE_FOLDER}/ or {ARCHIVE} there, or {FAKE}"
+            f"put {c.base_folder}/ or {c.filename} there, or {FAKE}"
         ) from None
     return root
 
 
-class CheckedCIFAR10(datasets.CIFAR10):
-    """torchvision's CIFAR10 reader, for a folder prepare() has just checked: each open would
-    otherwise hash all six data files again (torchvision's _check_integrity), twice per run."""
+def checked_cifar10():
+    """CheckedCIFAR10: torchvision's CIFAR10 reader, for a folder prepare() has just checked: each open
+    would otherwise hash all six data files again (torchvision's _check_integrity), twice per run.
+    Defined on first use, as a module attribute all the same, so that DataLoader workers started by
+    spawn or forkserver can unpickle the data set."""
+    if "CheckedCIFAR10" not in globals():
 
-    def _check_integrity(self):
-        return True
+        class CheckedCIFAR10(cifar10()):
+            def _check_integrity(self):
+                return True
+
+        CheckedCIFAR10.__qualname__ = "CheckedCIFAR10"
+        globals()["CheckedCIFAR10"] = CheckedCIFAR10
+    return globals()["CheckedCIFAR10"]
+
+
+def __getattr__(name):
+    """data.CheckedCIFAR10, where pickle looks for it (PEP 562)."""
+    if name == "CheckedCIFAR10":
+        return checked_cifar10()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_cifar10(folder, train, transform=None):
     """torchvision's own CIFAR10 reader over a folder that prepare() returned (and so checked)."""
-    return CheckedCIFAR10(folder, train=train, download=False, transform=transform)
+    return checked_cifar10()(folder, train=train, download=False, transform=transform)
 
 
 def to_tensors(dataset):
@@ -173,7 +214,9 @@ class TensorImages(Dataset):
         return len(self.x)
 
     def __getitem__(self, i):
-        img = transforms.functional.to_pil_image(self.x[i])
+        from torchvision.transforms.functional import to_pil_image  # imported once, then a dict lookup
+
+        img = to_pil_image(self.x[i])
         return self.transform(img), int(self.y[i])
 
 

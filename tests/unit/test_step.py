@@ -1,0 +1,148 @@
+"""The direct step (step.py) is the tutorial's loop, autograd and torch.optim.SGD, bit for bit."""
+
+import io
+from contextlib import nullcontext
+
+import pytest
+import torch
+from runner import metric, run_main, weights
+from torch import nn
+
+import data
+import step as step_module
+import train
+from device import Device
+from model import Net
+from sgd import FlatSGD
+from step import DirectStep, make_step
+
+CPU = Device("cpu", nullcontext(), torch.contiguous_format)
+LR, MOMENTUM = 0.001, 0.9
+
+
+def epochs_of(n, batch_size, normalize, epochs=2):
+    """The trainer's batches of a synthetic data set of n images, epoch after epoch."""
+    x, y = data.fake_cifar10(n, seed=0)
+    orders = [train.epoch_order(n, 0, e) for e in range(epochs)]
+    return [b for order in orders for b in data.fast_batches(x, y, batch_size, order, normalize=normalize)]
+
+
+def tutorial(batches, momentum=MOMENTUM):
+    """The tutorial's loop, verbatim: its losses, its Net and its optimizer."""
+    torch.manual_seed(0)
+    net = Net()
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=momentum)
+    losses = []
+    for inputs, labels in batches:
+        optimizer.zero_grad()
+        loss = criterion(net(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses, net, optimizer
+
+
+def fresh(momentum=MOMENTUM):
+    """The trainer's model, optimizer and step, as setup() and the first train_step make them."""
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = train.make_optimizer(model, LR, momentum)
+    step = make_step(model, optimizer, CPU, ddp_on=False)
+    assert isinstance(step, DirectStep)
+    return model, optimizer, step
+
+
+def run(step, batches):
+    return [step(inputs, labels, nn.functional.cross_entropy).item() for inputs, labels in batches]
+
+
+def same_weights(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("batch_size", [4, 7])  # 50 images: a last batch of 2, then of 1
+def test_losses_weights_and_momentum_equal_the_tutorials_loop(normalize, batch_size):
+    batches = epochs_of(50, batch_size, normalize)
+    assert len(batches[-1][1]) == 50 % batch_size
+    losses, net, torch_sgd = tutorial(batches)
+    model, optimizer, step = fresh()
+    assert run(step, batches) == losses
+    assert same_weights(model, net)
+    theirs = torch_sgd.state_dict()["state"]
+    ours = optimizer.state_dict()["state"]
+    assert len(ours) == 10 and all(torch.equal(ours[k]["momentum_buffer"], theirs[k]["momentum_buffer"]) for k in ours)
+
+
+@pytest.mark.parametrize("momentum", [MOMENTUM, 0.0])
+def test_gradients_after_one_step_equal_autograds(momentum):
+    batches = epochs_of(4, 4, normalize=False, epochs=1)
+    losses, net, _ = tutorial(batches, momentum)
+    model, _, step = fresh(momentum)
+    assert run(step, batches) == losses
+    grads = [(p.grad, q.grad) for p, q in zip(model.parameters(), net.parameters(), strict=True)]
+    assert len(grads) == 10 and all(torch.equal(ours, theirs) for ours, theirs in grads)
+    assert same_weights(model, net)
+
+
+def round_trip(model, optimizer):
+    """What a checkpoint holds of them, through torch.save and torch.load as checkpoint.py does."""
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("steps_before", [0, 1, 17])
+@pytest.mark.parametrize("step_made", ["before the load", "after the load"])
+def test_a_checkpoint_resumes_exactly(steps_before, step_made):
+    batches = epochs_of(50, 4, normalize=False)
+    losses, net, _ = tutorial(batches)
+    model, optimizer, step = fresh()
+    before = run(step, batches[:steps_before])
+    saved = round_trip(model, optimizer)
+
+    model, optimizer, step = fresh()  # a new process: fresh weights, no momentum yet
+    run(step, batches[-3:])  # and, made before the load, a step that already ran: nothing of it may remain
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if step_made == "after the load":
+        step = make_step(model, optimizer, CPU, ddp_on=False)
+    assert before + run(step, batches[steps_before:]) == losses
+    assert same_weights(model, net)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # mkldnn.flags() sets that too
+def test_autograd_takes_every_step_the_direct_one_does_not_cover():
+    model = Net()
+    flat = FlatSGD(model, LR, MOMENTUM)
+    assert isinstance(make_step(model, flat, CPU, ddp_on=False), DirectStep)
+    others = [
+        (model, flat, CPU, True),  # DDP: its hooks average the gradients, and its loss is scaled
+        (model, torch.optim.SGD(model.parameters(), lr=LR), CPU, False),
+        (model, flat, Device("cuda", nullcontext(), torch.channels_last), False),
+        (model, flat, Device("cpu", nullcontext(), torch.channels_last), False),
+        (Net().double(), FlatSGD(Net().double(), LR, MOMENTUM), CPU, False),
+    ]
+    for args in others:
+        assert not isinstance(make_step(*args), DirectStep)
+    with torch.backends.mkldnn.flags(enabled=False):  # convolutions off oneDNN: other kernels
+        assert not isinstance(make_step(model, flat, CPU, ddp_on=False), DirectStep)
+
+
+@pytest.mark.parametrize("normalize", ["", "--normalize"])
+def test_the_trainer_takes_the_direct_step_and_gives_the_tutorials_losses_and_weights(normalize, tmp_path, monkeypatch):
+    made = []
+
+    def make_step_seen(*args):
+        made.append(step_module.make_step(*args))
+        return made[-1]
+
+    monkeypatch.setattr(train, "make_step", make_step_seen)
+    assert run_main(tmp_path, f"--fake-data 50 --epochs 2 --log-interval 1 --threads 1 {normalize}") == 0
+    assert len(made) == 1 and isinstance(made[0], DirectStep)
+    losses, net, _ = tutorial(epochs_of(50, 4, bool(normalize)))
+    assert metric(tmp_path / "out", "loss") == losses  # one step per line: the loss itself
+    saved = weights(tmp_path / "out" / "model.pt")
+    assert all(torch.equal(saved[k], v) for k, v in net.state_dict().items())
