@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -63,8 +64,8 @@ def test_readme_first_command_from_a_fresh_clone_writes_files_the_host_user_owns
         r = run_as(user, README_FIRST, clone)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "Finished Training" in r.stdout and "Traceback" not in r.stderr
-        written = [*(clone / "outputs").iterdir(), *(clone / "checkpoints").iterdir()]
-        assert {p.name for p in written} >= {"model.pt", "summary.json", "metrics.jsonl", ".gitkeep"}
+        written = [*(clone / "outputs").rglob("*"), *(clone / "checkpoints").rglob("*")]  # outputs/<run>/, latest
+        assert {p.name for p in written} >= {"model.pt", "summary.json", "metrics.jsonl", ".gitkeep", "latest"}
         assert {p.name: p.stat().st_uid for p in written} == {p.name: uid for p in written}
     finally:
         shutil.rmtree(clone.parent)
@@ -112,3 +113,52 @@ def test_read_only_root_without_a_tmpfs_fails_in_one_line():
         "error: /tmp is not writable (read-only root filesystem?): mount a tmpfs there "
         "(docker run --tmpfs /tmp; compose: tmpfs: [/tmp])"
     ]
+
+
+def container_state(name):
+    return subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name], capture_output=True, text=True
+    ).stdout.split()
+
+
+@pytest.mark.parametrize("variable", ["AZUREML_RUN_ID=local-run", "AZ_BATCHAI_CLUSTER_NAME=cpu-cluster"])
+def test_no_command_in_an_azure_ml_run_idles_for_docker_exec_and_stops_at_once(variable):
+    """A runtime that starts the container with no command and `docker exec`s the job (docs/runtime.md) must
+    find it running, not training as PID 1; `docker stop` must not wait out its 10 s grace period."""
+    name = f"idle-{os.getpid()}-{variable.split('=')[0].lower()}"
+    subprocess.run(["docker", "run", "-d", "--name", name, "-e", variable, IMAGE], check=True, capture_output=True)
+    try:
+        time.sleep(3)  # long enough for a trainer to have started, had the entrypoint chosen to train
+        assert container_state(name) == ["true", "0"]
+        top = subprocess.run(["docker", "top", name, "-o", "pid,args"], capture_output=True, text=True).stdout
+        assert "train.py" not in top and "sleep infinity" in top, top
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+        assert logs.stdout == "" and len(logs.stderr.splitlines()) == 1 and "idling" in logs.stderr, logs
+        job = subprocess.run(
+            ["docker", "exec", "-w", "/tmp", name, "python", "-c", "print('job')"], capture_output=True
+        )
+        assert job.stdout == b"job\n", job.stderr
+        began = time.monotonic()
+        subprocess.run(["docker", "stop", name], check=True, capture_output=True)
+        assert time.monotonic() - began < 5 and container_state(name) == ["false", "0"]
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_no_command_outside_azure_ml_is_still_the_tutorials_run():
+    r = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "sh",
+            IMAGE,
+            "-c",
+            "/app/entrypoint.sh & sleep 2; tr '\\0' ' ' </proc/$!/cmdline",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "train.py" in r.stdout, r.stdout + r.stderr
