@@ -135,15 +135,16 @@ def make_dirs(*folders_and_flags):
             raise OutputError(f"cannot create {where}: {e.strerror}; pass another {flag}{keep}") from None
 
 
-def claim(out_dir, overwrite):
-    """A fresh start never appends to, or replaces, an earlier run's results unasked."""
+def claim(out_dir, overwrite, remove=True):
+    """A fresh start never appends to, or replaces, an earlier run's results unasked.
+    remove=False: only check (before any work); True: also clear them (--overwrite)."""
     earlier = [Path(out_dir) / n for n in OUTPUT_NAMES if (Path(out_dir) / n).exists()]
     if earlier and not overwrite:
         raise OutputError(
             f"{out_dir}/ already holds results ({earlier[0].name}): pass another --output-dir, "
             f"--resume auto to continue that run, or --overwrite to replace it"
         )
-    for p in earlier:
+    for p in earlier if remove else ():
         p.unlink()
 
 

@@ -15,7 +15,7 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import outputs
@@ -30,11 +30,17 @@ NEW_RUN = "leave out --resume (or pass another --output-dir) for a new run"
 
 @dataclass
 class RunFolders:
-    name: str
-    out_dir: Path
-    ckpt_dir: Path
+    name: str | None  # None until create() names a new run
+    out_dir: Path | None  # None until create() makes a new outputs/<run>/
+    ckpt_root: Path  # --checkpoint-dir; the run's checkpoints are in ckpt_root/name
     resume: Path | None  # the checkpoint to continue from, if any
     finished: str | None = None  # set when `--resume auto` found the run complete: why nothing is done
+    new: bool = False  # a fresh start: create() claims out_dir
+    overwrite: bool = False  # and may replace what an earlier run left there
+
+    @property
+    def ckpt_dir(self):
+        return self.ckpt_root / self.name
 
 
 def safe(name):
@@ -84,13 +90,16 @@ def point_latest(root, name):
 
 
 def plan(args, environ=os.environ):
-    """The run's name and folders; creates them. Refuses (OutputError) to replace results unasked."""
+    """Which run this is and where its files go, decided before any work and writing nothing:
+    a bad folder or results that would be replaced unasked are refused here (OutputError)."""
     ckpt_root = Path(args.checkpoint_dir)
+    given = Path(args.resume) if args.resume not in (None, "auto") else None
     azure_id = environ.get("AZUREML_RUN_ID")
-    if args.output_dir is None and not azure_id:
-        return by_default(args, Path(DEFAULT_OUTPUTS), ckpt_root)
+    if args.output_dir is None and not azure_id:  # by default: the latest run, or a new folder
+        name = latest_name(DEFAULT_OUTPUTS) if args.resume == "auto" else None
+        found = name and continue_run(args, name, Path(DEFAULT_OUTPUTS) / name, ckpt_root)
+        return found or RunFolders(None, None, ckpt_root, given, new=True)
     out_dir = Path(args.output_dir or DEFAULT_OUTPUTS)
-    outputs.make_dirs((out_dir, "--output-dir"))
     name = safe(azure_id) if args.output_dir is None else read_name(out_dir)
     if name and args.resume == "auto":
         found = continue_run(args, name, out_dir, ckpt_root)
@@ -99,31 +108,32 @@ def plan(args, environ=os.environ):
     # `--resume auto` of a run that wrote no checkpoint starts it again: its partial results go.
     again = args.resume == "auto" and name is not None
     if again and (out_dir / "summary.json").exists():
-        return RunFolders(name, out_dir, ckpt_root / name, None, f"run {name} has finished ({out_dir}/): {NEW_RUN}")
-    outputs.claim(out_dir, args.overwrite or again)
-    if args.output_dir is not None:  # a new run here; on Azure ML a start or restart of the job's run
-        name = safe(f"{out_dir.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
-    return start(args, name, out_dir, ckpt_root)
+        return RunFolders(name, out_dir, ckpt_root, None, f"run {name} has finished ({out_dir}/): {NEW_RUN}")
+    outputs.claim(out_dir, args.overwrite or again, remove=False)
+    name = name if args.output_dir is None else None  # on Azure ML the job's run; here a new one
+    return RunFolders(name, out_dir, ckpt_root, given, new=True, overwrite=args.overwrite or again)
 
 
-def by_default(args, root, ckpt_root):
-    """outputs/<new run>/, or the latest run's folder for `--resume auto` when it has a checkpoint."""
-    outputs.make_dirs((root, "--output-dir"))
-    name = latest_name(root) if args.resume == "auto" else None
-    found = name and continue_run(args, name, root / name, ckpt_root)
-    if found:
-        return found
-    name = new_name(root)
-    point_latest(root, name)
-    return start(args, name, root / name, ckpt_root)
-
-
-def start(args, name, out_dir, ckpt_root):
-    ckpt_dir = ckpt_root / name
-    outputs.make_dirs((ckpt_dir, "--checkpoint-dir"))
+def create(folders):
+    """Make the run's folders, name a new run (run.json, outputs/latest), clear what --overwrite replaces."""
+    if not folders.new:
+        outputs.make_dirs((folders.out_dir, "--output-dir"), (folders.ckpt_dir, "--checkpoint-dir"))
+        return folders
+    out_dir, name = folders.out_dir, folders.name
+    if out_dir is None:
+        root = Path(DEFAULT_OUTPUTS)
+        outputs.make_dirs((root, "--output-dir"))
+        name = new_name(root)
+        point_latest(root, name)
+        out_dir = root / name
+    else:
+        outputs.make_dirs((out_dir, "--output-dir"))
+        outputs.claim(out_dir, folders.overwrite)
+        name = name or safe(f"{out_dir.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
+    folders = replace(folders, name=name, out_dir=out_dir)
+    outputs.make_dirs((folders.ckpt_dir, "--checkpoint-dir"))
     outputs.write_json({"run": name}, out_dir / RUN_FILE)
-    resume = Path(args.resume) if args.resume not in (None, "auto") else None
-    return RunFolders(name, out_dir, ckpt_dir, resume)
+    return folders
 
 
 def continue_run(args, name, out_dir, ckpt_root):
@@ -133,11 +143,10 @@ def continue_run(args, name, out_dir, ckpt_root):
     if path is None:
         return None
     state = load_checkpoint(path, recipe(args))["state"]
-    outputs.make_dirs((out_dir, "--output-dir"))
     done = None
     if state["epoch"] >= args.epochs:
         done = (
             f"run {name} has finished all {state['epoch']} epochs ({out_dir}/): nothing to resume; "
             f"pass --epochs {state['epoch'] + 1} or more to extend it, or {NEW_RUN}"
         )
-    return RunFolders(name, out_dir, ckpt_dir, path, done)
+    return RunFolders(name, out_dir, ckpt_root, path, done)

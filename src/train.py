@@ -174,9 +174,10 @@ def announce(run):
 
 def setup(args, ddp, device, folders):
     """Data, model, optimizer, resumed state and tracking: the run before its first step."""
+    train_data = load_data(args, ddp, device)
+    folders = ddp.from_main(lambda: runs.create(folders))  # once the data is there: a failed run leaves none
     out_dir, resume, recipe = folders.out_dir, folders.resume, cli.recipe(args)
     checkpoints = Checkpoints(folders.ckpt_dir, recipe, write=ddp.main)
-    train_data = load_data(args, ddp, device)
 
     torch.manual_seed(args.seed)
     model = Net().to(device.name, memory_format=device.memory_format)

@@ -26,17 +26,37 @@ def compose(dirs, *args, timeout=600, check=True):
     return result
 
 
-def test_compose_run_train_passes_flags_and_leaves_outputs_owned_by_the_user(dirs):
-    r = compose(dirs, "run", "--rm", "train", "--epochs", "1", "--fake-data", "400", "--log-interval", "50")
+def test_the_same_compose_run_twice_keeps_both_runs_owned_by_the_user(dirs):
+    flags = ["--epochs", "1", "--fake-data", "400", "--log-interval", "50"]
+    r = compose(dirs, "run", "--rm", "train", *flags)
     assert len(LOSS_LINE.findall(r.stdout)) == 2
     assert "epoch=1, batch=   50: loss " in r.stdout and "Finished Training" in r.stdout
-    summary = json.loads((dirs["outputs"] / "summary.json").read_text())
+    first = (dirs["outputs"] / "latest").resolve()
+    summary = json.loads((first / "summary.json").read_text())
     assert summary["config"]["epochs"] == 1 and summary["config"]["fake_data"] == 400
     assert summary["image_revision"] not in ("", "none")  # baked in at build time
-    assert summary["image_ref"] == IMAGE
+    assert summary["image_ref"] == IMAGE and summary["run"] == first.name
     for name in ("model.pt", "metrics.jsonl", "summary.json", "curves.png"):
-        assert (dirs["outputs"] / name).stat().st_uid == UID
-    assert sorted(p.name for p in dirs["checkpoints"].iterdir())  # at least the epoch-end checkpoint
+        assert (first / name).stat().st_uid == UID
+    assert list((dirs["checkpoints"] / first.name).glob("step-*.pt"))  # at least the epoch-end checkpoint
+    files = {p: p.read_bytes() for p in first.iterdir()}
+
+    compose(dirs, "run", "--rm", "train", *flags)  # the README's first command, again: no flag to add
+    second = (dirs["outputs"] / "latest").resolve()
+    assert second != first and (second / "summary.json").stat().st_uid == UID
+    assert {p: p.read_bytes() for p in first.iterdir()} == files
+
+
+def test_an_output_folder_inside_the_container_is_said_to_vanish_or_refused(dirs):
+    r = compose(dirs, "run", "--rm", "train", "--epochs", "1", "--fake-data", "40", "--output-dir", "/tmp/x")
+    assert "warning: /tmp/x is on a tmpfs: its files are lost with the container; write under a mounted folder" in (
+        r.stderr
+    )
+    assert "/work/outputs" in r.stderr
+    r = compose(dirs, "run", "--rm", "train", "--fake-data", "40", "--output-dir", "run2", check=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: cannot create run2: Read-only file system; pass another --output-dir under a ")
+    assert "/work/outputs" in r.stderr
 
 
 def test_docker_stop_mid_run_then_resume_auto_matches_an_uninterrupted_run(dirs):
@@ -70,7 +90,7 @@ def test_docker_stop_mid_run_then_resume_auto_matches_an_uninterrupted_run(dirs)
     assert not (dirs["outputs"] / "stopped" / "summary.json").exists()
 
     r = compose(dirs, "run", "--rm", "train", *flags, *stopped, "--resume", "auto")
-    assert "resumed from checkpoints/stopped/step-" in r.stdout
+    assert re.search(r"resumed from checkpoints/stopped/stopped-[\w-]+/step-", r.stdout), r.stdout
     resumed = json.loads((dirs["outputs"] / "stopped" / "summary.json").read_text())
     assert resumed["weights_sha256"] == full["weights_sha256"]
 
@@ -104,7 +124,7 @@ def test_plain_docker_run_with_arbitrary_uid_and_read_only_root(dirs):
     )
     assert r.returncode == 0, r.stderr
     assert len(LOSS_LINE.findall(r.stdout)) == 1
-    assert (dirs["outputs"] / "model.pt").stat().st_uid == UID
+    assert (dirs["outputs"] / "latest" / "model.pt").stat().st_uid == UID
 
 
 def test_real_format_cifar_files_through_compose(dirs):
@@ -130,7 +150,7 @@ def test_real_format_cifar_files_through_compose(dirs):
         "--no-download",
     )
     assert len(LOSS_LINE.findall(r.stdout)) == 5  # 500 images / batch 4 = 125 steps
-    assert json.loads((dirs["outputs"] / "summary.json").read_text())["config"]["fake_data"] == 0
+    assert json.loads((dirs["outputs"] / "latest" / "summary.json").read_text())["config"]["fake_data"] == 0
 
 
 def test_missing_data_and_no_network_fails_in_one_line_and_writes_nothing(dirs):

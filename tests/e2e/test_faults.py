@@ -23,14 +23,15 @@ FULL = {  # what fills up: (folder, tmpfs bytes, flags, the flag naming the fold
     "model.pt": ("outputs", 128_000, "--checkpoint-every 0", "--output-dir"),  # metrics.jsonl fits, model.pt not
     "metrics.jsonl": ("outputs", 4096, "--checkpoint-every 10 --log-interval 1", "--output-dir"),  # ~100 B a line
 }
-FLAGS = "--epochs 1 --fake-data 200 --log-interval 10 --threads 1"  # a case's own flags come later and win
+# --output-dir outputs: the mount itself, not outputs/<run>/; checkpoints go to checkpoints/<run>/ still.
+FLAGS = "--epochs 1 --fake-data 200 --log-interval 10 --threads 1 --output-dir outputs"  # a case's own flags win
 # In one container (a tmpfs lives as long as it): train until the disk is full, show what is left,
 # then resume from the last checkpoint with room to spare.
 SCRIPT = """
 python /app/src/train.py {flags} 2>/tmp/err; echo "rc=$?"
-echo "--- stderr"; cat /tmp/err; echo "--- left"; ls -a /work/{folder}; echo "--- resume"
+echo "--- stderr"; cat /tmp/err; echo "--- left"; ls -aR /work/{folder}; echo "--- resume"
 python /app/src/train.py {flags} --output-dir /tmp/roomy/outputs --checkpoint-dir /tmp/roomy/checkpoints \\
-  --resume "$(ls /work/checkpoints/step-*.pt | tail -n 1)"
+  --resume "$(ls /work/checkpoints/*/step-*.pt | tail -n 1)"
 echo "resumed rc=$?"
 """
 
@@ -59,12 +60,17 @@ def test_a_full_disk_is_one_line_exit_1_and_the_previous_checkpoint_resumes(fill
     left, resumed = rest.split("--- resume\n")
     assert first.rstrip().endswith("rc=1"), out
     assert ("Finished Training" in first) == (filling == "model.pt"), out  # the others fail mid-epoch
-    assert stderr == (
-        f"error: cannot write to {folder}/ (No space left on device): "
-        f"free space there (or mount a larger volume), or pass another {flag}\n"
+    # The full folder is a tmpfs here, and the trainer says so (its files go with the container).
+    assert f"warning: {folder if folder == 'outputs' else 'checkpoints/outputs-'}" in stderr, out
+    stderr = "".join(line for line in stderr.splitlines(True) if not line.startswith("warning: "))
+    where = "checkpoints/outputs-[0-9a-f-]+" if folder == "checkpoints" else folder  # the run's own folder
+    assert re.fullmatch(
+        f"error: cannot write to {where}/ \\(No space left on device\\): "
+        f"free space there \\(or mount a larger volume\\), or pass another {flag}\n",
+        stderr,
     ), out
     assert not [name for name in left.split() if name.endswith(".tmp")], left
-    assert re.search(r"^resumed from /work/checkpoints/step-\d+\.pt", resumed, re.M), out
+    assert re.search(r"^resumed from /work/checkpoints/outputs-[0-9a-f-]+/step-\d+\.pt", resumed, re.M), out
     assert "Finished Training" in resumed and resumed.rstrip().endswith("resumed rc=0"), out
 
 

@@ -166,6 +166,6 @@ def test_a_configured_server_that_is_down_leaves_training_alone_and_says_so_once
     try:
         r = compose(env, "run", "--rm", "train", "--epochs", "1", "--fake-data", "100", "--log-interval", "25")
         assert r.stderr.count("tracking off") == 1 and "http://mlflow:5000" in r.stderr, r.stderr
-        assert json.loads((dirs["outputs"] / "summary.json").read_text())["config"]["fake_data"] == 100
+        assert json.loads((dirs["outputs"] / "latest" / "summary.json").read_text())["config"]["fake_data"] == 100
     finally:
         compose(env, "down", "--volumes", "--remove-orphans", timeout=300, check=False)

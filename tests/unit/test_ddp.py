@@ -147,3 +147,29 @@ def test_a_rank_waits_30_minutes_for_its_peers_by_default(monkeypatch):
     with pytest.raises(Stop):
         distributed.Distributed({"WORLD_SIZE": "2", "RANK": "1"}).init("cpu", args.dist_timeout)
     assert seen == {"backend": "gloo", "timeout": timedelta(minutes=30)}
+
+
+def test_gloo_gets_the_interface_that_reaches_the_master_where_the_hostname_is_loopback(monkeypatch):
+    """Debian-style /etc/hosts maps the hostname to 127.0.1.1: gloo would bind there (pytorch#15592)."""
+    import distributed
+
+    routed = [
+        name for _, name in socket.if_nameindex() if (distributed.interface_address(name) or "").startswith("127.")
+    ]
+    assert "lo" in routed or routed  # the loopback interface is found by its address
+    real = socket.gethostbyname
+    monkeypatch.setattr(socket, "gethostbyname", lambda h: "127.0.1.1" if h == socket.gethostname() else real(h))
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    assert distributed.gloo_interface(env) is None  # a master on this host: loopback is right
+    outward = next(
+        (a for _, n in socket.if_nameindex() if (a := distributed.interface_address(n)) and not a.startswith("127.")),
+        None,
+    )
+    if outward is None:
+        pytest.skip("this machine has no interface besides loopback")
+    name = distributed.gloo_interface({**env, "MASTER_ADDR": outward})
+    assert distributed.interface_address(name) == outward
+    assert distributed.gloo_interface({**env, "MASTER_ADDR": outward, "GLOO_SOCKET_IFNAME": "eth9"}) is None
+    monkeypatch.setattr(socket, "gethostbyname", real)
+    if not real(socket.gethostname()).startswith("127."):
+        assert distributed.gloo_interface({**env, "MASTER_ADDR": outward}) is None  # gloo's own choice works

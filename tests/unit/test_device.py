@@ -52,3 +52,29 @@ def test_package_fingerprint_changes_when_a_package_version_changes(tmp_path, mo
 
 def test_the_real_environment_has_a_fingerprint():
     assert len(packages_fingerprint()) == 16
+
+
+def test_a_gpu_that_torch_cannot_use_is_said_in_one_line_not_skipped_silently(tmp_path, capsys):
+    """An NVIDIA device node but no usable CUDA (here: no GPU at all; on Azure: a driver older than
+    CUDA 13 wants). --device auto then trains on the CPU, and says why."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine's CUDA works")
+    node = tmp_path / "nvidia0"
+    node.write_text("")
+    why = device.unusable_gpu("auto", nodes=(str(node),))
+    assert why.startswith(f"an NVIDIA GPU is here but torch {torch.__version__} (CUDA {torch.version.cuda})")
+    assert "training on the CPU" in why and "--device cpu" in why and "\n" not in why
+    assert device.unusable_gpu("cpu", nodes=(str(node),)) is None  # asked for the CPU: nothing to say
+    assert device.unusable_gpu("auto", nodes=(str(tmp_path / "absent"),)) is None  # no GPU: nothing to say
+
+
+def test_the_driver_version_is_read_as_nvidia_writes_it(tmp_path):
+    proc = tmp_path / "version"
+    proc.write_text(
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.95.05  Tue Sep 23 09:53:07 UTC 2025\n"
+        "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n"
+    )
+    found = device.cuda_versions(proc)
+    assert found["nvidia_driver"] == "580.95.05"
+    assert found.get("cuda_runtime") == torch.version.cuda  # None on a CPU-only torch: then absent
+    assert "nvidia_driver" not in device.cuda_versions(tmp_path / "absent")

@@ -238,3 +238,34 @@ def test_read_only_data_folder_holding_only_the_archive_trains_and_is_never_writ
     assert len(LOSS_LINE.findall(r.stdout)) == 1  # 100 images / batch 4 = 25 steps
     assert {p.name: p.stat().st_mtime_ns for p in data_dir.iterdir()} == before
     assert data_dir.stat().st_mode & 0o777 == 0o555
+
+
+def test_the_azure_tutorial_part_4_command_line_trains(cifar_dir, tmp_path, monkeypatch, capsys):
+    """Part 4 runs `python train.py --data_path DIR --learning_rate 0.001 --momentum 0.9` unchanged."""
+    monkeypatch.chdir(tmp_path)
+    flags = f"--data_path {cifar_dir} --learning_rate 0.001 --momentum 0.9 --epochs 1 --progress off --no-download"
+    assert train.main(flags.split()) == 0
+    summary = json.loads((tmp_path / "outputs" / "latest" / "summary.json").read_text())
+    assert summary["config"]["data_dir"] == str(cifar_dir) and summary["config"]["lr"] == 0.001
+    assert "Finished Training" in capsys.readouterr().out
+
+
+def test_a_run_shorter_than_the_log_interval_still_logs_its_loss_and_draws_it(tmp_path):
+    """250 steps, fewer than the tutorial's 2000: no `loss`, but train/epoch_loss once an epoch."""
+    assert run_main(tmp_path, "--epochs 2 --fake-data 1000") == 0
+    assert metric(tmp_path / "out", "loss") == []
+    epoch_loss = metric(tmp_path / "out", "train/epoch_loss")
+    assert len(epoch_loss) == 2 and all(0 < v < 5 for v in epoch_loss)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["name"] == "train/epoch_loss"] == [250, 500]
+    import matplotlib.image
+
+    plot = matplotlib.image.imread(tmp_path / "out" / "curves.png")
+    left = plot[:, : plot.shape[1] // 2, :3]  # the loss panel: a curve is drawn in matplotlib's blue
+    assert ((abs(left - torch.tensor([0.12, 0.47, 0.71]).numpy()) < 0.05).all(axis=-1)).sum() > 50
+
+
+def test_the_epoch_loss_is_the_mean_of_the_epochs_loss_lines(tmp_path):
+    assert run_main(tmp_path, "--epochs 1 --fake-data 400 --log-interval 25") == 0  # 100 steps: 4 lines
+    lines, epoch = metric(tmp_path / "out", "loss"), metric(tmp_path / "out", "train/epoch_loss")
+    assert epoch == [pytest.approx(sum(lines) / len(lines), rel=1e-12)]
