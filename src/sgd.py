@@ -13,6 +13,17 @@ its own format: state_dict() is its, and checkpoints load into either.
 import torch
 
 
+class StateSGD(torch.optim.SGD):
+    """torch.optim.SGD as FlatSGD's holder of hyperparameters and state, minus torch.compile's guard.
+    torch.optim wraps these methods in torch._disable_dynamo, which imports torch._dynamo and sympy on
+    the first call (1.3 s of start-up in the image, before the first line) only to keep a compiler out
+    of them; nothing here is compiled, so they are the methods themselves."""
+
+    add_param_group = torch.optim.SGD.add_param_group.__wrapped__
+    state_dict = torch.optim.SGD.state_dict.__wrapped__
+    load_state_dict = torch.optim.SGD.load_state_dict.__wrapped__
+
+
 def memory_order(t):
     """t's dimensions from outermost to innermost in memory; None when that is their own order."""
     return None if t.is_contiguous() else sorted(range(t.dim()), key=lambda d: -t.stride(d))
@@ -27,7 +38,7 @@ class FlatSGD:
 
     def __init__(self, model, lr, momentum):
         self.params = list(model.parameters())
-        self.torch_sgd = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
+        self.torch_sgd = StateSGD(self.params, lr=lr, momentum=momentum)
         # A parameter stored in another order than its dimensions' (channels_last on CUDA) keeps that
         # layout: its slice of the flat tensor, and its gradient, are read in memory order.
         self.layouts = [memory_order(p) for p in self.params]

@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from model import Net
 from sgd import FlatSGD
 
-aten = torch.ops.aten
+# The aten operators torch has no Python function for, bound once: calling the C++ operator directly
+# saves OpOverload.__call__'s Python frame on each of a step's nine calls.
+nll_loss_forward = torch.ops.aten.nll_loss_forward.default._op
+nll_loss_backward = torch.ops.aten.nll_loss_backward.default._op
+threshold_backward = torch.ops.aten.threshold_backward.default._op  # ReLU's backward: 0 where the output is 0
+max_pool2d_backward = torch.ops.aten.max_pool2d_with_indices_backward.default._op
+convolution_backward = torch.ops.aten.convolution_backward.default._op
 POOL = ([2, 2], [2, 2], [0, 0], [1, 1], False)  # nn.MaxPool2d(2, 2): kernel, stride, padding, dilation, ceil_mode
 STRIDE, PADDING, DILATION = [1, 1], [0, 0], [1, 1]  # nn.Conv2d's defaults
 MEAN, IGNORE = 1, -100  # CrossEntropyLoss's defaults: reduction="mean" (nll_loss's code for it), ignore_index
@@ -89,6 +95,7 @@ class DirectStep:
         # Aliases of the weights that build no graph. They share the weights' storage, which the optimizer
         # updates and a resume's load_state_dict writes into: nothing here can go stale or miss a checkpoint.
         self.weights = [p.detach() for p in model.parameters()]
+        self.transposed = [w.t() for w in self.weights[4::2]]  # the linear layers' weight.t(), made once
         # The gradients, flat in FlatSGD's order; each parameter's .grad is its view, as after backward().
         # Every step overwrites all of it, so it carries nothing from one step to the next.
         self.grad = torch.zeros_like(optimizer.flat)
@@ -106,32 +113,33 @@ class DirectStep:
 
     def forward(self, x, y):
         """Net.forward and F.cross_entropy, in the kernels they reach."""
-        w1, b1, w2, b2, w3, b3, w4, b4, w5, b5 = self.weights
+        w1, b1, w2, b2, _, b3, _, b4, _, b5 = self.weights
+        w3t, w4t, w5t = self.transposed
         r1 = torch.clamp_min(torch.mkldnn_convolution(x, w1, b1, PADDING, STRIDE, DILATION, 1), 0)  # F.relu
         p1, i1 = torch._C._nn.max_pool2d_with_indices(r1, *POOL)
         r2 = torch.clamp_min(torch.mkldnn_convolution(p1, w2, b2, PADDING, STRIDE, DILATION, 1), 0)
         p2, i2 = torch._C._nn.max_pool2d_with_indices(r2, *POOL)
         flat = p2.view(len(x), -1)
-        a3 = torch.clamp_min(torch.addmm(b3, flat, w3.t()), 0)  # F.linear is addmm(bias, x, weight.t())
-        a4 = torch.clamp_min(torch.addmm(b4, a3, w4.t()), 0)
-        log_probs = torch._log_softmax(torch.addmm(b5, a4, w5.t()), 1, False)
-        loss, total_weight = aten.nll_loss_forward.default(log_probs, y, None, MEAN, IGNORE)
+        a3 = torch.clamp_min(torch.addmm(b3, flat, w3t), 0)  # F.linear is addmm(bias, x, weight.t())
+        a4 = torch.clamp_min(torch.addmm(b4, a3, w4t), 0)
+        log_probs = torch._log_softmax(torch.addmm(b5, a4, w5t), 1, False)
+        loss, total_weight = nll_loss_forward(log_probs, y, None, MEAN, IGNORE)
         return Saved(loss, total_weight, log_probs, a4, a3, flat, r2, i2, p1, r1, i1)
 
     def backward(self, x, y, s):
         """Autograd's backward kernels in its order; each parameter's gradient lands in self.grad."""
         w1, _, w2, _, w3, _, w4, _, w5, _ = self.weights
         gw1, gb1, gw2, gb2, gw3, gb3, gw4, gb4, gw5, gb5 = self.grads
-        g = aten.nll_loss_backward.default(self.one, s.log_probs, y, None, MEAN, IGNORE, s.total_weight)
+        g = nll_loss_backward(self.one, s.log_probs, y, None, MEAN, IGNORE, s.total_weight)
         g = torch._log_softmax_backward_data(g, s.log_probs, 1, torch.float32)
         g = linear_backward(g, s.a4, w5, gw5, gb5)
-        g = linear_backward(aten.threshold_backward.default(g, s.a4, 0), s.a3, w4, gw4, gb4)  # ReLU's backward
-        g = linear_backward(aten.threshold_backward.default(g, s.a3, 0), s.flat, w3, gw3, gb3)
-        g = aten.max_pool2d_with_indices_backward.default(g.view(-1, 16, 5, 5), s.r2, *POOL, s.i2)
-        g = aten.threshold_backward.default(g, s.r2, 0)
+        g = linear_backward(threshold_backward(g, s.a4, 0), s.a3, w4, gw4, gb4)
+        g = linear_backward(threshold_backward(g, s.a3, 0), s.flat, w3, gw3, gb3)
+        g = max_pool2d_backward(g.view(-1, 16, 5, 5), s.r2, *POOL, s.i2)
+        g = threshold_backward(g, s.r2, 0)
         g = conv_backward(g, s.p1, w2, gw2, gb2, needs_input_grad=True)
-        g = aten.max_pool2d_with_indices_backward.default(g, s.r1, *POOL, s.i1)
-        conv_backward(aten.threshold_backward.default(g, s.r1, 0), x, w1, gw1, gb1, needs_input_grad=False)
+        g = max_pool2d_backward(g, s.r1, *POOL, s.i1)
+        conv_backward(threshold_backward(g, s.r1, 0), x, w1, gw1, gb1, needs_input_grad=False)
 
     def update(self):
         """FlatSGD.step's arithmetic, on a gradient that is already flat (nothing to gather)."""
@@ -161,7 +169,7 @@ MASKS = {True: [True, True, True], False: [False, True, True]}  # d/d (input, we
 def conv_backward(g, inputs, weight, grad_weight, grad_bias, needs_input_grad):
     """ConvolutionBackward0 (oneDNN's, as the forward); returns d/d inputs (None for the images)."""
     mask = MASKS[needs_input_grad]
-    g_in, g_w, g_b = aten.convolution_backward.default(
+    g_in, g_w, g_b = convolution_backward(
         g, inputs, weight, [len(grad_bias)], STRIDE, PADDING, DILATION, False, [0, 0], 1, mask
     )
     grad_weight.copy_(g_w)
