@@ -5,6 +5,7 @@ compute, submit. azureml is imported inside them: importing this module costs no
 """
 
 import os
+import re
 from pathlib import Path
 
 from aml import ARM_SCOPE, INTERPRETER, SCRIPT, SP_VARS, SubmitError, environment_name, environment_version, login_mode
@@ -33,8 +34,7 @@ def build_environment(intent):
 
 
 def datastore_mount(mount):
-    """A DataReference mount of a datastore folder (serializable offline). v1 mounts are always
-    writable: read-only is v2's ro_mount only."""
+    """A DataReference mount of a datastore folder (serializable offline): checkpoints, written to."""
     from azureml.data.azure_storage_datastore import AzureBlobDatastore
 
     # A DataReference carries only the datastore's name; the service resolves the rest.
@@ -42,17 +42,42 @@ def datastore_mount(mount):
     return datastore.path(mount.path, data_reference_name=mount.name).as_mount()
 
 
-def build_job(intent):
-    """The ScriptRunConfig of the run. Several processes: PyTorchConfiguration, so Azure ML starts
-    one per rank with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK set."""
+class NoLogin:
+    """The login of a Workspace never connected to (_disable_service_check): a dry run's."""
+
+
+# What a dry run's FileDataset names as its workspace (the dataset's paths carry it); nothing is read.
+DRY_RUN_WORKSPACE = ("00000000-0000-0000-0000-000000000000", "dry-run", "dry-run")
+
+
+def named_input(mount, ws):
+    """The tutorial's part 4 input: Dataset.File.from_files(path=(datastore, path)).as_named_input(name)
+    .as_mount(). validate=False: validating reads the datastore; Experiment.submit saves it anyway."""
+    from azureml.core import Dataset, Workspace
+    from azureml.data.azure_storage_datastore import AzureBlobDatastore
+
+    ws = ws or Workspace(*DRY_RUN_WORKSPACE, auth=NoLogin(), _disable_service_check=True)
+    files = Dataset.File.from_files(
+        path=(AzureBlobDatastore(ws, mount.datastore, None, None), mount.path), validate=False
+    )
+    return files.as_named_input(mount.name).as_mount()
+
+
+def build_job(intent, ws=None):
+    """The ScriptRunConfig of the run: data as a named input in the workspace `ws` (a dry run's stand-in
+    if None). Several processes: PyTorchConfiguration, so Azure ML starts one per rank with MASTER_ADDR,
+    MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK set."""
     from azureml.core import ScriptRunConfig
     from azureml.core.runconfig import DockerConfiguration, PyTorchConfiguration
 
     args, refs = list(intent.trainer_args), {}
     for mount in intent.mounts:
-        ref = datastore_mount(mount)
-        args += [mount.flag, str(ref), *mount.then]  # str(ref) is $AZUREML_DATAREFERENCE_<name>
-        refs[mount.name] = ref.to_config()
+        if mount.writable:
+            ref = datastore_mount(mount)
+            args += [mount.flag, str(ref), *mount.then]  # str(ref) is $AZUREML_DATAREFERENCE_<name>
+            refs[mount.name] = ref.to_config()
+        else:
+            args += [mount.flag, named_input(mount, ws), *mount.then]
     src = ScriptRunConfig(
         source_directory=intent.source_dir,
         script=SCRIPT,
@@ -70,6 +95,26 @@ def build_job(intent):
     # On the run, not the Environment: azureml-core deprecates Environment.environment_variables
     src.run_config.environment_variables = intent.environment_variables
     return src
+
+
+def as_submitted(run_config):
+    """Named inputs as Experiment.submit sends them (azureml/core/script_run_config.py, _update_args_and_io):
+    `DatasetConsumptionConfig:<name>` in the arguments (replaced by the mount path on the node) and a mount in
+    the data section with <name> as its environment variable. Submitting first saves the dataset in the
+    workspace, a REST call whose id is sent; offline, the dataset's paths stand in for it: {name: paths}."""
+    from azureml.core.runconfig import Data, DataLocation
+    from azureml.core.runconfig import Dataset as SavedDataset
+    from azureml.core.script_run_config import _DATASET_ARGUMENT_TEMPLATE
+    from azureml.data.dataset_consumption_config import DatasetConsumptionConfig
+
+    paths = {}
+    for i, arg in enumerate(run_config.arguments):
+        if isinstance(arg, DatasetConsumptionConfig):
+            run_config.arguments[i] = _DATASET_ARGUMENT_TEMPLATE.format(arg.name)
+            location = DataLocation(dataset=SavedDataset(dataset_name=arg.name))
+            run_config.data[arg.name] = Data(location, False, arg.mode, arg.name, arg.path_on_compute)
+            paths[arg.name] = re.findall(r'pattern: "([^"]+)"', str(arg.dataset._definition))
+    return paths
 
 
 def compute_config(intent):
@@ -92,7 +137,8 @@ def describe(job, intent):
     from azureml.core import Environment
     from azureml.core.script_run_config import get_run_config_from_script_run
 
-    config = compute_config(intent)
+    config, run_config = compute_config(intent), get_run_config_from_script_run(job)
+    datasets = as_submitted(run_config)
     scale = config.scale_settings
     return {
         "experiment": intent.experiment,
@@ -107,7 +153,8 @@ def describe(job, intent):
             },
         },
         "environment": Environment._serialize_to_dict(job.run_config.environment),
-        "runConfiguration": _serialize_run_config_to_dict(get_run_config_from_script_run(job)),
+        "runConfiguration": _serialize_run_config_to_dict(run_config),
+        "datasets": datasets,
     }
 
 

@@ -19,10 +19,11 @@ def datastore_uri(mount):
     return f"azureml://datastores/{mount.datastore}/paths/{mount.path}"
 
 
-def build_job(intent):
+def build_job(intent, ws=None):
     """The command job: the image's interpreter runs train.py from the uploaded code. Read-only
     mounts are inputs (ro_mount), writable ones outputs (rw_mount: survives preemption).
-    Several processes: PyTorchDistribution on instance_count nodes (one process per rank)."""
+    Several processes: PyTorchDistribution on instance_count nodes (one process per rank). The datastore
+    URIs name no workspace, so `ws` (v1's reason to rebuild the job once connected) is not needed."""
     from azure.ai.ml import Input, Output, PyTorchDistribution, command
     from azure.ai.ml.entities import Environment
 

@@ -57,6 +57,17 @@ def register(plan):
     return key
 
 
+def named_inputs(plan):
+    """The v1 job's named inputs (FileDatasets), resolved as the workspace resolves a saved dataset: the
+    datastore folder its paths name, mounted read-only where `DatasetConsumptionConfig:<name>` stands in the
+    arguments. In local_run.job_v1's mount form: {name: (path on the datastore, read-only, placeholder)}."""
+    mounts = {}
+    for name in plan["runConfiguration"].get("data") or {}:
+        (uri,) = plan["datasets"][name]
+        mounts[name] = (uri.split("/paths/", 1)[1].strip("/"), True, f"DatasetConsumptionConfig:{name}")
+    return mounts
+
+
 def upload_data(source=Path("data")):
     """`make upload-data COMPUTE=local`: ./data copied to DATA_PATH (default aml.DATA_TARGET) in the datastore."""
     if not source.is_dir() or not any(source.iterdir()):

@@ -8,14 +8,15 @@ image=${1:?usage: publish.sh IMAGE REGISTRY}
 registry=${2:?usage: publish.sh IMAGE REGISTRY}
 repo="$registry/cifar10-trainer"
 
+# The image by id from here on: IMAGE may be rebuilt (retagged) while this runs.
 id=$(docker image inspect --format '{{.Id}}' "$image")
 rev=$(git rev-parse --short=12 HEAD 2>/dev/null || echo norev)
 git diff --quiet HEAD -- 2>/dev/null || rev="$rev-dirty"
-id=${id#sha256:}
-tag="$repo:$rev-${id:0:12}"
+short=${id#sha256:}
+tag="$repo:$rev-${short:0:12}"
 
 pushed_digest() {
-  docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$image" \
+  docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$id" \
     | grep -m1 "^$repo@" | cut -d@ -f2
 }
 
@@ -26,8 +27,8 @@ if [ -n "${DRY_RUN:-}" ]; then
   echo "$tag@${digest:-sha256:$(printf '0%.0s' {1..64})}"
   exit 0
 fi
-docker tag "$image" "$tag"
+docker tag "$id" "$tag"
 docker push --quiet "$tag" >&2
-digest=$(pushed_digest)
+digest=$(pushed_digest || true)
 [ -n "$digest" ] || { echo "error: pushed $tag but found no digest for $repo" >&2; exit 1; }
 echo "$tag@$digest"

@@ -195,7 +195,7 @@ def run(adapter, args):
     aml.check_snapshot(SOURCE)
     ws = adapter.connect(aml.workspace_settings(args.config), adapter.credential(args.auth or "auto"))
     adapter.compute(ws, job)
-    adapter.submit(ws, built, job, args.wait)
+    adapter.submit(ws, adapter.build_job(job, ws), job, args.wait)  # v1's named input names the workspace
     return 0
 
 

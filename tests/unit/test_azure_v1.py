@@ -10,6 +10,7 @@ pytest.importorskip("azureml.core", reason="SDK v1 tests run in the training ima
 
 import aml  # noqa: E402
 import aml_v1  # noqa: E402
+import local_workspace  # noqa: E402
 import submit  # noqa: E402
 from provenance import source_digest  # noqa: E402
 
@@ -68,28 +69,43 @@ def test_dry_run_prints_the_environment_and_run_configuration_field_by_field(sou
     assert plan["snapshot"]["files"] <= 20 and plan["snapshot"]["bytes"] < 1_000_000
 
 
-def test_dataset_and_checkpoints_are_datastore_mounts_and_the_run_resumes(source, capsys):
+def test_data_is_the_tutorials_named_input_and_checkpoints_a_mount_the_run_resumes_from(source, capsys):
+    """DATA_PATH as part 4 passes it: Dataset.File.from_files(path=(datastore, path)).as_named_input(...)
+    .as_mount(), in the form Experiment.submit sends (the saved dataset's id is the service's to give)."""
     flags = "--datastore cifarstore --data-path datasets/cifar10 --checkpoint-path checkpoints/cifar10/run-1"
     plan = dry_run(capsys, *flags.split(), "--low-priority", "--", "--epochs", "2")
     rc = plan["runConfiguration"]
     assert (
         rc["arguments"]
         == (
-            "--epochs 2 --data-dir $AZUREML_DATAREFERENCE_cifar10 "
+            "--epochs 2 --data-dir DatasetConsumptionConfig:cifar10 "
             "--checkpoint-dir $AZUREML_DATAREFERENCE_checkpoints --resume auto --overwrite"
         ).split()
     )
-    refs = rc["dataReferences"]
-    assert refs["cifar10"] == {
+    data = rc["data"]["cifar10"]
+    assert (data["mechanism"], data["environmentVariableName"], data["dataLocation"]["dataset"]["name"]) == (
+        "mount",
+        "cifar10",
+        "cifar10",
+    )
+    (path,) = plan["datasets"]["cifar10"]
+    assert path.startswith("azureml://subscriptions/") and path.endswith(
+        "/datastores/cifarstore/paths/datasets/cifar10"
+    )
+    assert list(rc["dataReferences"]) == ["checkpoints"]
+    refs = rc["dataReferences"]["checkpoints"]
+    assert refs == {
         "dataStoreName": "cifarstore",
-        "pathOnDataStore": "datasets/cifar10",
+        "pathOnDataStore": "checkpoints/cifar10/run-1",
         "mode": "mount",
         "overwrite": False,
         "pathOnCompute": None,
     }
-    assert refs["checkpoints"]["pathOnDataStore"] == "checkpoints/cifar10/run-1"
-    assert refs["checkpoints"]["mode"] == "mount"
     assert plan["compute"]["if_missing"]["vm_priority"] == "lowpriority"
+    assert plan["experiment"] == "day1-experiment-data"  # part 4's
+    # COMPUTE=local mounts it read-only where the placeholder stands, as a saved dataset resolves
+    mount = ("datasets/cifar10", True, "DatasetConsumptionConfig:cifar10")
+    assert local_workspace.named_inputs(plan) == {"cifar10": mount}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,68 @@
+"""The first-time sequence of docs/azure.md on one build, rehearsed with COMPUTE=local: `make submit`, then
+`make submit SDK=v2`, and the tutorial's part 4 (`make upload-data`, then `make submit DATA_PATH=...`).
+The local workspace keeps its environment registry across runs and answers as Azure ML does."""
+
+import json
+import subprocess
+
+import pytest
+
+from e2e_env import copy_submit_tree, submit_env, submit_sh
+
+FAST = "--epochs 1 --fake-data 64 --batch-size 8"
+
+
+@pytest.fixture(scope="module")
+def worktree(tmp_path_factory):
+    """One work tree for the whole sequence: its .azureml/ is the local workspace's registry."""
+    return copy_submit_tree(tmp_path_factory.mktemp("sequence"), "outputs", "datastore", "data")
+
+
+def submit(worktree, registry, **env):
+    """azure/submit.sh as `make submit COMPUTE=local` runs it; returns (result, the run's new outputs folders)."""
+    before = set((worktree / "outputs").rglob("summary.json"))
+    r = submit_sh(worktree, registry, timeout=900, COMPUTE="local", LOCAL_DATASTORE=str(worktree / "datastore"), **env)
+    return r, set((worktree / "outputs").rglob("summary.json")) - before
+
+
+def registered(worktree):
+    return json.loads((worktree / ".azureml" / "local-environments.json").read_text())
+
+
+def test_make_submit_then_sdk_v2_on_one_build_both_run(worktree, registry):
+    for sdk in ("v1", "v2"):
+        r, made = submit(worktree, registry, SDK=sdk, TRAIN_ARGS=FAST)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert len(made) == 1 and "timing: push" in r.stderr and ", training " in r.stderr
+        assert "timing: check " in r.stderr  # the phases before the push, timed too
+    names, versions = zip(*(key.split(":") for key in registered(worktree)), strict=True)
+    assert sorted(names) == ["cifar10-trainer", "cifar10-trainer-v2"] and len(set(versions)) == 1
+    r, _ = submit(worktree, registry, SDK="v1", TRAIN_ARGS=FAST)  # the same definition again: accepted
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_a_changed_definition_under_a_registered_version_is_refused_as_azure_ml_does(worktree, registry):
+    """What the sequence met before each SDK had its own name: v2's definition under v1's name and version."""
+    known = registered(worktree)
+    (key,) = [k for k in known if k.startswith("cifar10-trainer:")]
+    known[key] = known[key.replace("cifar10-trainer:", "cifar10-trainer-v2:")]
+    (worktree / ".azureml" / "local-environments.json").write_text(json.dumps(known))
+    r, made = submit(worktree, registry, SDK="v1", TRAIN_ARGS=FAST)
+    assert r.returncode == 1 and not made
+    name, version = key.split(":")
+    assert f"error: Environment {name} with version {version} is already registered and cannot be changed" in r.stderr
+    (worktree / ".azureml" / "local-environments.json").unlink()
+
+
+def test_upload_data_then_submit_with_data_path_as_the_tutorials_part_4(worktree, registry):
+    (worktree / "data" / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
+    env = submit_env(worktree, registry, COMPUTE="local", LOCAL_DATASTORE=str(worktree / "datastore"))
+    r = subprocess.run(
+        ["bash", "azure/submit.sh", "upload-data"], cwd=worktree, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert (worktree / "datastore" / "datasets" / "cifar10" / "cifar-10-python.tar.gz").is_file()
+    r, made = submit(worktree, registry, DATA_PATH="datasets/cifar10", TRAIN_ARGS=FAST)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (summary,) = made
+    assert "day1-experiment-data" in str(summary)  # part 4's experiment, as DATA_PATH implies
