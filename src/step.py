@@ -1,8 +1,8 @@
 """The training step, chosen once per run: autograd's, or the same kernels called directly.
 
-At the tutorial's batch of 4 a step's kernels take a few hundred microseconds, and autograd around
-them (graph nodes, saved tensors, the engine, nn.Module calls, conv2d -> convolution -> _convolution)
-adds a third again. For the default run (the tutorial's Net, float32 on the CPU, one process, FlatSGD)
+At the tutorial's batch of 4 a step's kernels take about a millisecond, and autograd around them (graph
+nodes, saved tensors, the engine, nn.Module calls, conv2d -> convolution -> _convolution) adds 20-40%
+(bench/throughput.py --step-only). For the default run (the tutorial's Net, float32 on the CPU, one process, FlatSGD)
 DirectStep calls the kernels autograd calls, with the same arguments (torch.profiler lists them, the
 formulas are torch's derivatives.yaml), and nothing else: no graph, and the gradients written straight
 into one flat buffer that FlatSGD's update reads. Losses, gradients and weights are autograd's and
@@ -19,7 +19,7 @@ from model import Net
 from sgd import FlatSGD
 
 # The aten operators torch has no Python function for, bound once: calling the C++ operator directly
-# saves OpOverload.__call__'s Python frame on each of a step's nine calls.
+# saves OpOverload.__call__'s Python frame on each of a step's ten calls.
 nll_loss_forward = torch.ops.aten.nll_loss_forward.default._op
 nll_loss_backward = torch.ops.aten.nll_loss_backward.default._op
 threshold_backward = torch.ops.aten.threshold_backward.default._op  # ReLU's backward: 0 where the output is 0
@@ -50,7 +50,7 @@ def autograd_step(model, optimizer, autocast):
     return step
 
 
-def oned_nn_convolutions():
+def onednn_convolutions():
     """Whether torch's convolution runs the Net's on oneDNN (it does for float32 5x5 kernels on the CPU
     at any batch size, unless torch.backends.mkldnn is off): DirectStep calls oneDNN's kernels itself."""
     x, w = torch.zeros(1, 3, 32, 32), torch.zeros(6, 3, 5, 5)
@@ -87,7 +87,7 @@ class DirectStep:
             and device.memory_format == torch.contiguous_format
             and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
             and all(layout is None for layout in optimizer.layouts)  # contiguous weights
-            and oned_nn_convolutions()
+            and onednn_convolutions()
         )
 
     def __init__(self, model, optimizer):
