@@ -94,10 +94,11 @@ def round_trip(model, optimizer):
     return torch.load(buffer, weights_only=True)
 
 
+@pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("steps_before", [0, 1, 17])
 @pytest.mark.parametrize("step_made", ["before the load", "after the load"])
-def test_a_checkpoint_resumes_exactly(steps_before, step_made):
-    batches = epochs_of(50, 4, normalize=False)
+def test_a_checkpoint_resumes_exactly(steps_before, step_made, normalize):
+    batches = epochs_of(50, 4, normalize)
     losses, net, _ = tutorial(batches)
     model, optimizer, step = fresh()
     before = run(step, batches[:steps_before])
@@ -145,4 +146,15 @@ def test_the_trainer_takes_the_direct_step_and_gives_the_tutorials_losses_and_we
     losses, net, _ = tutorial(epochs_of(50, 4, bool(normalize)))
     assert metric(tmp_path / "out", "loss") == losses  # one step per line: the loss itself
     saved = weights(tmp_path / "out" / "model.pt")
+    assert all(torch.equal(saved[k], v) for k, v in net.state_dict().items())
+
+
+def test_the_trainer_resumed_from_a_mid_epoch_checkpoint_ends_with_the_tutorials_weights(tmp_path):
+    flags = "--fake-data 50 --log-interval 1 --threads 1 --checkpoint-every 5"
+    assert run_main(tmp_path, f"{flags} --epochs 1") == 0  # checkpoints at steps 5, 10 and 13 (the epoch's end)
+    mid_epoch = next((tmp_path / "ckpt").rglob("step-00000010.pt"))
+    assert run_main(tmp_path, f"{flags} --epochs 2 --resume {mid_epoch}", out="resumed") == 0
+    losses, net, _ = tutorial(epochs_of(50, 4, normalize=False))
+    assert metric(tmp_path / "resumed", "loss") == losses[10:]
+    saved = weights(tmp_path / "resumed" / "model.pt")
     assert all(torch.equal(saved[k], v) for k, v in net.state_dict().items())
