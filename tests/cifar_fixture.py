@@ -10,11 +10,15 @@ Used by the unit tests (imported) and by the end-to-end tests (run inside the im
     python tests/cifar_fixture.py DATA_DIR [IMAGES_PER_BATCH] [--archive]
 It prints the md5 of every file as JSON, the values torchvision's integrity check expects.
 --archive leaves only cifar-10-python.tar.gz, as a data set uploaded the way the README offers.
+The fixture cannot have the real files' md5s, so programs run on it with torchvision expecting its own
+(the check itself still runs): expect_fixture(DATA_DIR) in Python, or for a script (`make bench`'s two)
+    python tests/cifar_fixture.py --on DATA_DIR SCRIPT [ARGS...]
 """
 
 import hashlib
 import json
 import pickle
+import runpy
 import struct
 import sys
 import tarfile
@@ -64,15 +68,27 @@ def dump_py2(obj, path):
         Python2Pickler(f, protocol=2).dump(obj)
 
 
-def write_cifar10(root, per_batch=20, seed=0, archive=False):
+def images(rng, per_batch, learnable):
+    """(data, labels): noise with random labels, or (learnable) each class's own pattern plus noise,
+    so that a run's loss falls as it would on CIFAR-10 (the README's MLflow screenshot shows that)."""
+    labels = rng.integers(0, 10, per_batch)
+    if not learnable:
+        return rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), labels
+    patterns = np.random.default_rng(1234).integers(0, 256, (10, 3072))  # the same in every file
+    noisy = patterns[labels] + rng.normal(0, 48, (per_batch, 3072))
+    return np.clip(noisy, 0, 255).astype(np.uint8), labels
+
+
+def write_cifar10(root, per_batch=20, seed=0, archive=False, learnable=False):
     """Create root/cifar-10-batches-py (or only the .tar.gz); return {file name: md5}."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     for name in [*TRAIN, TEST]:
+        data, labels = images(rng, per_batch, learnable)
         entry = {  # the real files' keys, in their order
-            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-            "labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+            "data": data,
+            "labels": [int(v) for v in labels],
             "batch_label": name,
             "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
         }
@@ -112,7 +128,23 @@ def expect_checksums(cifar10_cls, sums):
         cifar10_cls.tgz_md5 = sums["cifar-10-python.tar.gz"]
 
 
+def expect_fixture(root):
+    """torchvision's CIFAR10 expects the md5s of the fixture in root (extracted, or as the .tar.gz)."""
+    from torchvision import datasets  # here, not on top: writing a fixture needs numpy alone
+
+    expect_checksums(datasets.CIFAR10, fixture_sums(root))
+
+
+def run_on_fixture(root, argv):
+    """Run argv[0] as `python SCRIPT ARGS...` would (its own folder first on sys.path), on the fixture in root."""
+    expect_fixture(root)
+    sys.argv, sys.path[0] = list(argv), str(Path(argv[0]).resolve().parent)
+    runpy.run_path(argv[0], run_name="__main__")
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--archive"]
+    if sys.argv[1:2] == ["--on"]:
+        raise SystemExit(run_on_fixture(sys.argv[2], sys.argv[3:]))
+    args = [a for a in sys.argv[1:] if a not in ("--archive", "--learnable")]
     n = int(args[1]) if len(args) > 1 else 20
-    print(json.dumps(write_cifar10(args[0], per_batch=n, archive="--archive" in sys.argv)))
+    print(json.dumps(write_cifar10(args[0], n, archive="--archive" in sys.argv, learnable="--learnable" in sys.argv)))

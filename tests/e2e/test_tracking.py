@@ -1,5 +1,7 @@
 """The local MLflow server end to end: compose starts it, two short runs log to it, its REST API holds
-exactly what each run wrote to metrics.jsonl, and its UI, loaded in headless Chromium, lists both runs.
+exactly what each run wrote to metrics.jsonl, and its UI, loaded in headless Chromium, lists both runs
+and draws each run's falling loss. The runs train on the fixture's learnable images (real CIFAR-10 files
+in format, each class its own pattern plus noise), so the loss falls as it would on CIFAR-10.
 
 Images: IMAGE (the trainer), IMAGE_MLFLOW and IMAGE_BROWSER (`make build-tracking`; built here when
 missing). The screenshot is kept in E2E_ARTIFACTS (default outputs/e2e/) and its path printed.
@@ -7,6 +9,7 @@ missing). The screenshot is kept in E2E_ARTIFACTS (default outputs/e2e/) and its
 
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.parse
@@ -25,7 +28,9 @@ ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", ROOT / "outputs" / "e2e"))
 UID = 4242 if os.getuid() == 0 else os.getuid()
 EXPERIMENT = "e2e-tracking"
 SEEDS = (1, 2)
-TRAIN = ["--epochs", "1", "--fake-data", "400", "--log-interval", "25"]
+# 2,000 learnable images, 500 steps an epoch: the loss starts falling in the third epoch.
+TRAIN = ["--epochs", "4", "--log-interval", "100", "--no-download"]
+TESTS = f"{ROOT / 'tests'}:/app/tests:ro"
 
 
 def environment(tmp, project, **extra):
@@ -83,12 +88,15 @@ def server(tmp_path_factory):
     try:
         compose(env, "up", "-d", "--wait", "mlflow", timeout=300)
         url = "http://" + compose(env, "port", "mlflow", "5000").stdout.strip()
+        fixture = ["python", "/app/tests/cifar_fixture.py", "/work/data", "400", "--learnable"]
+        compose(env, "run", "--rm", "-v", TESTS, "train", *fixture)
         runs = {}
         for seed in SEEDS:
             where = ["--output-dir", f"outputs/seed{seed}", "--checkpoint-dir", f"checkpoints/seed{seed}"]
             r = compose(
                 {**env, "MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_EXPERIMENT_NAME": EXPERIMENT},
-                "run", "--rm", "train", *TRAIN, "--seed", str(seed), *where,
+                "run", "--rm", "-v", TESTS, "train", "python", "/app/tests/e2e/train_on_fixture.py",
+                *TRAIN, "--seed", str(seed), *where,
             )  # fmt: skip
             assert "tracking off" not in r.stderr, r.stderr
             runs[seed] = dirs["outputs"] / f"seed{seed}"
@@ -134,11 +142,46 @@ def test_each_run_in_mlflow_holds_its_metrics_jsonl_params_tags_and_files(server
     # Different seeds, different trajectories: the comparison the UI is for has something to compare.
     first, second = ([r["value"] for r in map(json.loads, (o / "metrics.jsonl").open())] for o in outputs.values())
     assert first != second
+    for out in outputs.values():  # and a curve worth looking at: it falls
+        loss = [r["value"] for r in map(json.loads, (out / "metrics.jsonl").open()) if r["name"] == "loss"]
+        assert len(loss) == 20 and loss[-1] < loss[0] - 0.1, loss
 
 
 def browser(env, *flags, volume=None):
     mount = ["-v", f"{volume}:/out"] if volume else []
-    return compose(env, "run", "--rm", *mount, "browser", "--window-size=1400,900", *flags, timeout=300)
+    size = [] if any(f.startswith("--window-size") for f in flags) else ["--window-size=1400,900"]
+    return compose(env, "run", "--rm", *mount, "browser", *size, *flags, timeout=300)
+
+
+def drawn_line(dom, metric):
+    """The points plotly drew in `metric`'s chart on a run's page (SVG y grows downwards), or []."""
+    at = dom.find(f'title="{metric}"')
+    found = re.compile(r'class="js-line" d="M([^"]+)"').search(dom, at) if at >= 0 else None
+    return [tuple(map(float, xy.split(","))) for xy in found.group(1).split("L")] if found else []
+
+
+def test_the_ui_draws_each_runs_falling_loss_in_headless_chromium(server):
+    url, env, outputs = server
+    experiment_id, runs = finished_runs(url)
+    for seed, run in runs.items():
+        page = f"http://mlflow:5000/#/experiments/{experiment_id}/runs/{run['info']['run_id']}/model-metrics"
+        for _ in range(3):  # the charts draw after their data arrives; a busy machine may need another look
+            # tall enough that every chart, `loss` last, is in view (charts out of view are not drawn)
+            dom = browser(env, "--window-size=1400,3200", "--dump-dom", "--virtual-time-budget=40000", page).stdout
+            if drawn_line(dom, "loss"):
+                break
+            time.sleep(5)
+        loss = [r for r in map(json.loads, (outputs[seed] / "metrics.jsonl").open()) if r["name"] == "loss"]
+        line = drawn_line(dom, "loss")
+        assert len(line) == len(loss), f"{page}: {line}"
+        assert line[-1][1] > line[0][1]  # lower on the screen: the loss fell
+        assert len(drawn_line(dom, "train/epoch_loss")) == 4  # one point an epoch
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    os.chmod(ARTIFACTS, 0o777)  # the browser runs as uid 1000
+    browser(env, "--window-size=1400,3200", "--screenshot=/out/mlflow-run-charts.png", "--virtual-time-budget=40000",
+            page, volume=ARTIFACTS)  # fmt: skip
+    print(f"screenshot of a run's charts: {ARTIFACTS / 'mlflow-run-charts.png'}")
 
 
 def test_the_ui_lists_both_runs_in_headless_chromium(server):
