@@ -67,11 +67,14 @@ class FlatSGD:
             p.grad = None  # backward then hands each gradient over instead of adding it to zeros
 
     def step(self):
+        self.update(self.gather(p.grad for p in self.params))
+
+    def update(self, grad):
+        """The step's arithmetic on a flat gradient (step.py's DirectStep writes its gradients flat)."""
         group = self.torch_sgd.param_groups[0]
-        grad = self.gather(p.grad for p in self.params)
         if group["momentum"]:
             if self.buffer is None:
-                self.buffer = grad
+                self.buffer = grad.clone()  # the caller may reuse `grad`; once a run
             else:
                 self.buffer.mul_(group["momentum"]).add_(grad)
             grad = self.buffer

@@ -5,7 +5,7 @@ nodes, saved tensors, the engine, nn.Module calls, conv2d -> convolution -> _con
 (bench/throughput.py --step-only). For the default run (the tutorial's Net, float32 on the CPU, one process, FlatSGD)
 DirectStep calls the kernels autograd calls, with the same arguments (torch.profiler lists them, the
 formulas are torch's derivatives.yaml), and nothing else: no graph, and the gradients written straight
-into one flat buffer that FlatSGD's update reads. Losses, gradients and weights are autograd's and
+into one flat buffer that FlatSGD.update reads. Losses, gradients and weights are autograd's and
 torch.optim.SGD's bit for bit (tests/unit/test_step.py). Anything else (CUDA, bf16 autocast, DDP,
 another model or optimizer, oneDNN switched off) takes autograd's step.
 """
@@ -66,7 +66,8 @@ class Saved(NamedTuple):
     log_probs: torch.Tensor
     a4: torch.Tensor  # fc2's output after ReLU
     a3: torch.Tensor  # fc1's output after ReLU
-    flat: torch.Tensor  # the second pooling's output, flattened
+    p2: torch.Tensor  # the second pooling's output
+    flat: torch.Tensor  # the same, flattened
     r2: torch.Tensor  # conv2's output after ReLU
     i2: torch.Tensor  # the second pooling's argmax indices
     p1: torch.Tensor  # the first pooling's output
@@ -108,7 +109,7 @@ class DirectStep:
         assert criterion is F.cross_entropy, "DirectStep computes the tutorial's CrossEntropyLoss only"
         saved = self.forward(inputs, labels)
         self.backward(inputs, labels, saved)
-        self.update()
+        self.optimizer.update(self.grad)
         return saved.loss
 
     def forward(self, x, y):
@@ -124,7 +125,7 @@ class DirectStep:
         a4 = torch.clamp_min(torch.addmm(b4, a3, w4t), 0)
         log_probs = torch._log_softmax(torch.addmm(b5, a4, w5t), 1, False)
         loss, total_weight = nll_loss_forward(log_probs, y, None, MEAN, IGNORE)
-        return Saved(loss, total_weight, log_probs, a4, a3, flat, r2, i2, p1, r1, i1)
+        return Saved(loss, total_weight, log_probs, a4, a3, p2, flat, r2, i2, p1, r1, i1)
 
     def backward(self, x, y, s):
         """Autograd's backward kernels in its order; each parameter's gradient lands in self.grad."""
@@ -135,24 +136,11 @@ class DirectStep:
         g = linear_backward(g, s.a4, w5, gw5, gb5)
         g = linear_backward(threshold_backward(g, s.a4, 0), s.a3, w4, gw4, gb4)
         g = linear_backward(threshold_backward(g, s.a3, 0), s.flat, w3, gw3, gb3)
-        g = max_pool2d_backward(g.view(-1, 16, 5, 5), s.r2, *POOL, s.i2)
+        g = max_pool2d_backward(g.view_as(s.p2), s.r2, *POOL, s.i2)
         g = threshold_backward(g, s.r2, 0)
         g = conv_backward(g, s.p1, w2, gw2, gb2, needs_input_grad=True)
         g = max_pool2d_backward(g, s.r1, *POOL, s.i1)
         conv_backward(threshold_backward(g, s.r1, 0), x, w1, gw1, gb1, needs_input_grad=False)
-
-    def update(self):
-        """FlatSGD.step's arithmetic, on a gradient that is already flat (nothing to gather)."""
-        opt = self.optimizer
-        group = opt.torch_sgd.param_groups[0]  # read each step: a resume may have loaded other values
-        grad = self.grad
-        if group["momentum"]:
-            if opt.buffer is None:
-                opt.buffer = grad.clone()  # torch's SGD starts the buffer as the first gradient
-            else:
-                opt.buffer.mul_(group["momentum"]).add_(grad)
-            grad = opt.buffer
-        opt.flat.add_(grad, alpha=-group["lr"])
 
 
 def linear_backward(g, inputs, weight, grad_weight, grad_bias):
