@@ -154,12 +154,13 @@ def job_intent(args, image):
 
 
 def validate(adapter, args, image):
-    """Everything that needs no network, in the order a user fixes it; returns the Intent and the job."""
+    """Everything that needs no network, in the order a user fixes it: the Intent, the job, the snapshot."""
     check_source()
+    snapshot = aml.check_snapshot(SOURCE)
     job = job_intent(args, image)
     aml.check_pull(adapter.SDK, job)
     check_trainer_args(job)
-    return job, adapter.build_job(job)
+    return job, adapter.build_job(job), snapshot
 
 
 def prepare(adapter, args):
@@ -167,7 +168,7 @@ def prepare(adapter, args):
     stdout: `REGISTRY <where to push>` and, for the workspace's registry, `TOKEN <ACR refresh token>`."""
     registry = args.registry or (aml.WORKSPACE_REGISTRY_STANDIN if args.dry_run else None)
     stand_in = f"{registry or aml.WORKSPACE_REGISTRY_STANDIN}/cifar10-trainer:check@sha256:{'0' * 64}"
-    job, _ = validate(adapter, args, stand_in)
+    job, _, _ = validate(adapter, args, stand_in)
     token = None
     if not args.dry_run and args.compute != "local":
         with contextlib.redirect_stdout(sys.stderr):  # the SDKs' sign-in prompts reach the terminal
@@ -187,12 +188,10 @@ def prepare(adapter, args):
 
 def run(adapter, args):
     """The samples' job.py, in a straight line: intent, job, (dry run: print it), workspace, compute, submit."""
-    job, built = validate(adapter, args, args.image)
+    job, built, snapshot = validate(adapter, args, args.image)
     if args.dry_run:
-        plan = {"sdk": SDK, "snapshot": aml.check_snapshot(SOURCE), **adapter.describe(built, job)}
-        print(json.dumps(plan, indent=2, default=str))
+        print(json.dumps({"sdk": SDK, "snapshot": snapshot, **adapter.describe(built, job)}, indent=2, default=str))
         return 0
-    aml.check_snapshot(SOURCE)
     ws = adapter.connect(aml.workspace_settings(args.config), adapter.credential(args.auth or "auto"))
     adapter.compute(ws, job)
     adapter.submit(ws, adapter.build_job(job, ws), job, args.wait)  # v1's named input names the workspace
@@ -205,7 +204,8 @@ def upload_data(adapter, args):
     if not DATA.is_dir() or not any(DATA.iterdir()):
         raise aml.SubmitError(f"./{DATA} is empty: put CIFAR-10 there first (`make train` downloads it)")
     if args.dry_run:
-        print(f"would upload ./{DATA} to the default datastore at {target}")
+        where = f"at {target}" if adapter.SDK == "v1" else "as data asset cifar10 (azure-ai-ml picks the folder)"
+        print(f"would upload ./{DATA} to the default datastore {where}")
         return 0
     ws = adapter.connect(aml.workspace_settings(args.config), adapter.credential(args.auth or "auto"))
     adapter.upload(ws, DATA, target)

@@ -143,7 +143,7 @@ def test_v2_a_registry_other_than_the_workspaces_needs_a_connection(source, tmp_
 
     client = MLClient(object(), "0", "rg", "ws")
     monkeypatch.setattr(type(client.connections), "get", get)
-    job, _ = submit.validate(aml_v2, submit.parse_args(["prepare"]), f"other.registry.example/c:t@sha256:{'0' * 64}")
+    job, _, _ = submit.validate(aml_v2, submit.parse_args(["prepare"]), f"other.registry.example/c:t@sha256:{'0' * 64}")
     with pytest.raises(submit.aml.SubmitError, match="no container_registry connection 'other-acr'"):
         aml_v2.check_registry(client, job)
     credentials = ManagedIdentityConfiguration(client_id="cid", resource_id="/rid")
