@@ -5,6 +5,7 @@ by rank 0 atomically and durably, loaded with weights_only=True, refused if its 
 Each run has a folder of its own (runs.py): rotation only ever sees that run's files.
 """
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -14,6 +15,18 @@ from outputs import save_torch
 
 FORMAT = 1
 KEEP = 2  # a crash or a full disk while writing one still leaves the one before it
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: all a checkpoint needs besides weights, optimizer and RNG to continue exactly."""
+
+    epoch: int = 0  # epochs done
+    step_in_epoch: int = 0  # mini-batches done in the current epoch
+    global_step: int = 0
+    running_loss: float = 0.0  # summed since the last `loss` line
+    epoch_loss: float = 0.0  # summed over the epoch: train/epoch_loss at its end (older checkpoints lack it)
+    train_seconds: float = 0.0
 
 
 class CheckpointError(TrainerError):
@@ -63,13 +76,13 @@ class Checkpoints:
         or None if not ours. Later steps are dropped too: a run resumed from an earlier file left them."""
         if not self.write:
             return None
-        path = self.folder / f"step-{state['global_step']:08d}.pt"
+        path = self.folder / f"step-{state.global_step:08d}.pt"
         ckpt = {
             "format": FORMAT,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(),
-            "state": dict(state),
+            "state": asdict(state),  # a plain dict: loadable with weights_only=True
             "recipe": self.recipe,
         }
         save_torch(ckpt, path, "--checkpoint-dir")
@@ -81,9 +94,9 @@ class Checkpoints:
         return path
 
     def restore(self, path, model, optimizer):
-        """Load `path` into model and optimizer, set torch's RNG; returns the loop state it recorded."""
+        """Load `path` into model and optimizer, set torch's RNG; returns the LoopState it recorded."""
         ckpt = load_checkpoint(path, self.recipe)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"])
-        return ckpt["state"]
+        return LoopState(**ckpt["state"])

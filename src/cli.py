@@ -70,13 +70,25 @@ def resume_from(text):
 
 def build_parser():
     p = Parser(description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = p.add_argument
+    add_recipe(p.add_argument)
+    add_folders(p.add_argument)
+    add_execution(p.add_argument)
+    return p
+
+
+def add_recipe(add):
+    """The tutorial's recipe: what defines the math (see RECIPE), and how long."""
     add("--epochs", type=integer(1), default=2, help="passes over the training set")
     add("--batch-size", type=integer(1), default=4, help="images per SGD step (with several processes: in all)")
     add("--lr", "--learning_rate", type=real(lambda v: v > 0, "> 0"), default=0.001, help="SGD learning rate")
     add("--momentum", type=real(lambda v: 0 <= v < 1, "in [0, 1)"), default=0.9, help="SGD momentum")
     add("--seed", type=integer(0, 2**32 - 1), default=0, help="seeds weights and shuffling (CPU runs repeat exactly)")
     add("--normalize", action="store_true", help="also Normalize((0.5,)*3, (0.5,)*3), as the PyTorch blitz tutorial")
+    add("--fake-data", type=integer(0), default=0, metavar="N", help="train on N synthetic images; 0 = CIFAR-10")
+
+
+def add_folders(add):
+    """Where the data is read, and where the run's results and checkpoints go (runs.py)."""
     add(
         "--data-dir",
         "--data_path",
@@ -85,7 +97,6 @@ def build_parser():
         help="holds cifar-10-batches-py/ or cifar-10-python.tar.gz",
     )
     add("--no-download", action="store_true", help="fail instead of downloading CIFAR-10 into --data-dir")
-    add("--fake-data", type=integer(0), default=0, metavar="N", help="train on N synthetic images; 0 = CIFAR-10")
     add(
         "--output-dir",
         type=folder,
@@ -102,6 +113,10 @@ def build_parser():
         help="a checkpoint, or 'auto': continue this run (--output-dir's, "
         "or the latest in outputs/, or the Azure ML job's) from its newest checkpoint, if any",
     )
+
+
+def add_execution(add):
+    """How the run executes and reports: none of it changes the arithmetic."""
     add("--log-interval", type=integer(1), default=2000, help="log the running loss every this many mini-batches")
     add("--pipeline", choices=("fast", "tutorial"), default="fast", help="tutorial: PIL transforms in a DataLoader")
     add("--workers", type=integer(0), default=2, help="DataLoader worker processes (--pipeline tutorial only)")
@@ -114,7 +129,6 @@ def build_parser():
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available, else cpu")
     add("--progress", choices=("auto", "on", "off"), default="auto", help="live progress bar (auto = on a TTY)")
     add("--dist-timeout", type=integer(1), default=1800, help="seconds a rank waits for the others (multi-process)")
-    return p
 
 
 def recipe(args):

@@ -142,7 +142,7 @@ def continue_run(args, name, out_dir, ckpt_root):
     path = find_latest(ckpt_dir)
     if path is None:
         return None
-    state = load_checkpoint(path, recipe(args))["state"]
+    state = load_checkpoint(path, recipe(args))["state"]  # a dict: LoopState's fields
     done = None
     if state["epoch"] >= args.epochs:
         done = (

@@ -24,7 +24,7 @@ import cli
 import data
 import outputs
 import runs
-from checkpoint import Checkpoints
+from checkpoint import Checkpoints, LoopState
 from cli import parse_args
 from device import Device, setup_device, threads_for
 from distributed import Distributed, StopFlag
@@ -86,7 +86,7 @@ class Training:
     optimizer: torch.optim.Optimizer
     checkpoints: Checkpoints
     metrics: Metrics
-    state: dict
+    state: LoopState
     info: dict
     artifacts: tuple = ()  # the files finish() wrote, for a tracker that keeps them
 
@@ -134,14 +134,14 @@ def epochs(run):
     """The imagenet example's loop: per epoch train, validate, checkpoint; then the outputs."""
     stop = StopFlag()
     stop.install()
-    while run.state["epoch"] < run.args.epochs:
-        epoch = run.state["epoch"]
+    while run.state.epoch < run.args.epochs:
+        epoch = run.state.epoch
         if not train_one_epoch(run, epoch, stop):
             checkpoint(run, stop.name)
             run.say(f"stopped by {stop.name}; rerun with --resume auto to continue")
             return EXIT_PREEMPTED
         validate(run, epoch)
-        run.state.update(epoch=epoch + 1, step_in_epoch=0, running_loss=0.0, epoch_loss=0.0)
+        run.state = LoopState(epoch=epoch + 1, global_step=run.state.global_step, train_seconds=run.state.train_seconds)
         checkpoint(run, "epoch end")
     return finish(run)
 
@@ -182,10 +182,7 @@ def setup(args, ddp, device, folders):
     torch.manual_seed(args.seed)
     model = Net().to(device.name, memory_format=device.memory_format)
     optimizer = make_optimizer(model, args.lr, args.momentum)
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "running_loss": 0.0, "train_seconds": 0.0}
-    if resume:
-        state = {"epoch_loss": 0.0, **checkpoints.restore(resume, model, optimizer)}  # older ones lack it
-    state.setdefault("epoch_loss", 0.0)  # the epoch's summed loss: train/epoch_loss at its end
+    state = checkpoints.restore(resume, model, optimizer) if resume else LoopState()
     # Only rank 0 records: the other ranks neither look for a tracker nor fingerprint the packages.
     metrics = Metrics(out_dir, azureml_run(), mlflow_tracking()) if ddp.main else Metrics(None)
     info = provenance() if ddp.main else {}
@@ -193,7 +190,7 @@ def setup(args, ddp, device, folders):
     run = Training(args, folders, ddp, device, train_data, model, net, optimizer, checkpoints, metrics, state, info)
     announce(run)
     if resume:
-        run.say(f"resumed from {resume} at epoch {state['epoch'] + 1}, step {state['global_step']}")
+        run.say(f"resumed from {resume} at epoch {state.epoch + 1}, step {state.global_step}")
     config = {**vars(args), "device": device.name, "threads": torch.get_num_threads(), "world": ddp.world}
     if ddp.on:  # what each rank took of this node's cores
         config.update(ranks_on_node=ddp.local_world, threads_per_rank=ddp.gather(torch.get_num_threads()))
@@ -238,44 +235,44 @@ def progress_bar(run, epoch, skip):
 def train_one_epoch(run, epoch, stop):
     """One pass over the training set, from where the state says; False if a signal stopped it."""
     args, state = run.args, run.state
-    order = epoch_order(len(run.data.x), args.seed, epoch)[state["step_in_epoch"] * args.batch_size :]
-    bar = progress_bar(run, epoch, state["step_in_epoch"])
+    order = epoch_order(len(run.data.x), args.seed, epoch)[state.step_in_epoch * args.batch_size :]
+    bar = progress_bar(run, epoch, state.step_in_epoch)
     line = bar.write if not bar.disable else run.say
     t0 = time.perf_counter()
     try:
         for k, (inputs, labels) in enumerate(batches(run, order)):
             loss = train_step(run, criterion_for(run, order, k), inputs, labels)
             value = loss.item()  # a CPU-GPU sync point, as in the tutorial
-            state["running_loss"] += value
-            state["epoch_loss"] += value
-            state["step_in_epoch"] += 1
-            state["global_step"] += 1
+            state.running_loss += value
+            state.epoch_loss += value
+            state.step_in_epoch += 1
+            state.global_step += 1
             bar.update()
-            i = state["step_in_epoch"]
+            i = state.step_in_epoch
             if i % args.log_interval == 0:
-                loss = run.ddp.mean(state["running_loss"]) / args.log_interval
+                loss = run.ddp.mean(state.running_loss) / args.log_interval
                 line(f"epoch={epoch + 1}, batch={i:5d}: loss {loss:.2f}")
                 record(run, "loss", loss, epoch)
-                state["running_loss"] = 0.0
+                state.running_loss = 0.0
             # Ranks agree on when to stop (every 10 steps), so that none waits for a rank that left.
             if (not run.ddp.on or i % 10 == 0) and run.ddp.any(stop.signum is not None):
                 return False
-            if args.checkpoint_every and state["global_step"] % args.checkpoint_every == 0 and i < steps_per_epoch(run):
+            if args.checkpoint_every and state.global_step % args.checkpoint_every == 0 and i < steps_per_epoch(run):
                 checkpoint(run, "interval")
     finally:
         bar.close()
         seconds = time.perf_counter() - t0
-        state["train_seconds"] += seconds
+        state.train_seconds += seconds
     record(run, "train/images_per_sec", len(order) / seconds, epoch)
     # Once an epoch, whatever --log-interval: a short run has a loss too (not the tutorial's `loss`).
-    record(run, "train/epoch_loss", run.ddp.mean(state["epoch_loss"]) / state["step_in_epoch"], epoch)
+    record(run, "train/epoch_loss", run.ddp.mean(state.epoch_loss) / state.step_in_epoch, epoch)
     return True
 
 
 def record(run, name, value, epoch):
     """A metric at the current step; a failed write (full disk) is one error naming --output-dir."""
     try:
-        run.metrics.log(name, value, run.state["global_step"], epoch + 1)
+        run.metrics.log(name, value, run.state.global_step, epoch + 1)
     except OSError as e:
         raise outputs.write_failed(run.args.output_dir, e, "--output-dir") from None
 
@@ -323,7 +320,7 @@ def finish(run):
     weights, png, summary_json = out_dir / "model.pt", out_dir / "curves.png", out_dir / "summary.json"
     outputs.save_torch(run.model.state_dict(), weights)
     outputs.plot(run.metrics.path, png)
-    seconds = state["train_seconds"]
+    seconds = state.train_seconds
     summary = {
         "run": run.folders.name,
         "config": vars(run.args),

@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from runner import TRAIN_PY, child, run_main, same_weights, stop_at
 
 import runs
 import train
-from checkpoint import KEEP, Checkpoints
+from checkpoint import KEEP, Checkpoints, LoopState
 from model import Net
 from sgd import FlatSGD
 
@@ -144,12 +143,12 @@ def test_checkpoints_rotate_to_the_newest_two_of_the_run(tmp_path):
 def test_a_save_after_resuming_from_an_earlier_file_drops_the_later_ones(tmp_path):
     """Rotation keeps the file written and the one before it: what a resumed run left behind goes."""
     model = Net()
-    ckpts = Checkpoints(tmp_path, {"model": "Net"})
+    ckpts = Checkpoints(tmp_path, {"model": "Net", "lr": 0.001})
     for step in (10, 20, 30, 40):
         (tmp_path / f"step-{step:08d}.pt").write_bytes(b"")
-    ckpts.save(model, FlatSGD(model, lr=0.001, momentum=0.9), {"global_step": 25})
+    ckpts.save(model, FlatSGD(model, lr=0.001, momentum=0.9), LoopState(global_step=25))
     assert checkpoints_of(tmp_path) == ["step-00000020.pt", "step-00000025.pt"][-KEEP:]
-    assert torch.load(tmp_path / "step-00000025.pt", weights_only=True)["state"] == {"global_step": 25}
+    assert ckpts.restore(tmp_path / "step-00000025.pt", model, FlatSGD(model, 0.001, 0.9)) == LoopState(global_step=25)
 
 
 def test_outputs_latest_names_the_newest_run_even_where_links_are_refused(tmp_path, monkeypatch):
