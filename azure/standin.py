@@ -6,8 +6,9 @@ v1: the run-history calls that azureml-core 1.61.0.post4 makes for Run.get_conte
 run.log and run.flush, read from its source and each seen arriving here (paths in that package):
   GET   $AZUREML_DISCOVERY_SERVICE_ENDPOINT: the service URLs (azureml/_base_sdk_common/service_discovery.py,
         discover_services_uris; the keys: azureml/_restclient/service_context.py, _ServiceKeys)
-  GET   /history/v1.0/<workspace>/experiments/<experiment>/runs/<run>: the run (azureml/core/run.py,
-        _SubmittedRun; azureml/_run_impl/run_base.py reads root_run_id and run_number)
+  GET   /history/v1.0/<workspace>/experiment{s/<name>,ids/<id>}/runs/<run>: the run (azureml/core/run.py,
+        _SubmittedRun; azureml/_run_impl/run_base.py reads root_run_id and run_number); by id where
+        AZUREML_EXPERIMENT_ID is set, as Azure ML sets it
   PATCH the same: run.set_tags (azureml/_restclient/run_client.py)
   POST  /metric/v2.0/<workspace>/runs/<run>/batch: run.log, batched by a 1-second timer
         (azureml/_restclient/operations/metric_operations.py, post_run_metrics; azureml/_common/async_utils)
@@ -41,7 +42,12 @@ PORT = 5000
 # The discovery keys (azureml/_restclient/service_context.py, _ServiceKeys.initialize): all served here.
 SERVICE_KEYS = ("api", "experimentation", "history", "hyperdrive", "modelmanagement", "studio")
 WORKSPACE = "/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.MachineLearningServices/workspaces/<ws>"
-RUN = f"/history/v1.0{WORKSPACE}/experiments/<experiment>/runs/<run_id>"
+# By experiment name, or by id where AZUREML_EXPERIMENT_ID is set (azureml/_restclient/operations/run_operations.py,
+# get / get_by_exp_id, patch / patch_by_exp_id); run.flush's wait is by name only (run_metric_operations.py).
+RUNS = (
+    f"/history/v1.0{WORKSPACE}/experiments/<experiment>/runs/<run_id>",
+    f"/history/v1.0{WORKSPACE}/experimentids/<experiment>/runs/<run_id>",
+)
 
 
 class StandinError(Exception):
@@ -150,6 +156,8 @@ def stop(handle, save_to=None):
         if save_to is not None and handle.get("url"):
             got = record(handle)
             save_to.write_text(json.dumps(got, indent=1) + "\n")
+            if os.geteuid() == 0:  # the folder's owner's, as everything else a downloaded run holds
+                os.chown(save_to, save_to.parent.stat().st_uid, save_to.parent.stat().st_gid)
             print(f"stand-in: {len(got['metrics'])} metric points arrived, record in {save_to}", file=sys.stderr)
     except (OSError, KeyError, ValueError) as e:
         print(f"stand-in: no record ({e})", file=sys.stderr)
@@ -190,7 +198,6 @@ def app():
     def discovery():
         return jsonify({key: request.host_url.rstrip("/") for key in SERVICE_KEYS})
 
-    @service.route(RUN, methods=["GET", "PATCH"])
     def run(sub, rg, ws, experiment, run_id):
         with lock:
             tags = the_run(run_id)["tags"]
@@ -209,9 +216,12 @@ def app():
                     )
         return jsonify({})
 
-    @service.get(f"{RUN}/metricsingest/wait")
     def ingested(sub, rg, ws, experiment, run_id):
         return jsonify({})  # 200: every batch is stored when its POST is answered
+
+    for rule in RUNS:
+        service.add_url_rule(rule, view_func=run, methods=["GET", "PATCH"])
+    service.add_url_rule(f"{RUNS[0]}/metricsingest/wait", view_func=ingested)  # by name only
 
     @service.errorhandler(404)
     def unexpected(error):

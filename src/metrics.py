@@ -86,6 +86,15 @@ def reachable(uri):
         return str(getattr(e, "reason", e))
 
 
+def describe(error):
+    """str(error), or its type's name: azureml-core's ServiceException.__str__ itself raises TypeError
+    when the service answered without error details (azureml/_restclient/exceptions.py, __repr__)."""
+    try:
+        return str(error) or type(error).__name__
+    except Exception:
+        return type(error).__name__
+
+
 class RunHistory:
     """Azure ML's run history through azureml-core's Run, what the tutorial's `run.log` writes to."""
 
@@ -194,7 +203,7 @@ class Metrics:
     def tracking_off(self, error):
         """Say once why, then go on without the tracker: metrics.jsonl still has everything."""
         where, self.tracker = self.tracker.where, None
-        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        detail = " ".join(describe(error).split())[:200]
         fix = "; `make ui` starts the local server" if where.startswith("http://mlflow:") else ""
         print(
             f"tracking off: {where} failed ({detail}); the run goes on, metrics.jsonl records it{fix}", file=sys.stderr

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import standin
 
 import metrics
 from metrics import Metrics, choose, tracker
@@ -64,7 +65,6 @@ def standin_service():
     """azure/standin.py's run-history service on a free port, up until the tests end: azureml-core may still
     send what a test's run queued after that test (a run whose tracking went off is never flushed)."""
     pytest.importorskip("azureml.core")
-    import standin
     from werkzeug.serving import make_server
 
     service = standin.app()
@@ -76,13 +76,12 @@ def standin_service():
 @pytest.fixture
 def run_history(standin_service, tmp_path, monkeypatch):
     """The variables an Azure ML v1 run has, pointing at the stand-in; what it recorded for this run."""
-    import standin
-
     url, recorded = standin_service
     workspace = {"SUBSCRIPTION": "00000000-0000-0000-0000-000000000000", "RESOURCEGROUP": "rg", "WORKSPACE_NAME": "ws"}
     for name, value in workspace.items():
         monkeypatch.setenv(f"AZUREML_ARM_{name}", value)
     monkeypatch.setenv("AZUREML_ARM_PROJECT_NAME", "unit")
+    monkeypatch.setenv("AZUREML_EXPERIMENT_ID", str(uuid.uuid5(uuid.NAMESPACE_URL, "unit")))  # Azure ML sets it
     # A run id of its own: azureml-core keeps one Run per id for the process (_SubmittedRun._get_instance).
     run_id = f"unit_{int(time.time())}_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("AZUREML_RUN_ID", run_id)
@@ -263,6 +262,26 @@ def test_a_local_server_gets_short_timeouts_and_azure_ml_keeps_mlflow_defaults(m
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
     for name in metrics.LOCAL_SERVER_ENV:
         monkeypatch.delenv(name, raising=False)
+
+
+def test_a_service_that_does_not_know_the_run_costs_one_line(tmp_path, run_history, monkeypatch, capsys):
+    """Its 404 without error details makes an exception whose own str() raises (azureml-core's
+    ServiceException.__repr__): seen in the rehearsal before the stand-in served runs by experiment id."""
+    from flask import Flask, jsonify
+    from werkzeug.serving import make_server
+
+    service = Flask("knows-no-run")
+    service.add_url_rule("/discovery", view_func=lambda: jsonify(dict.fromkeys(standin.SERVICE_KEYS, url)))
+    service.register_error_handler(404, lambda e: (jsonify({"error": {"code": "NotFound", "message": "no run"}}), 404))
+    server = make_server("127.0.0.1", 0, service, threaded=True)
+    url = f"http://127.0.0.1:{server.server_port}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AZUREML_SERVICE_ENDPOINT", url)
+    monkeypatch.setenv("AZUREML_DISCOVERY_SERVICE_ENDPOINT", url + "/discovery")
+    record_a_run(tmp_path, tracker())
+    server.shutdown()
+    err = capsys.readouterr().err
+    assert err.startswith("tracking off: Azure ML run history failed (ServiceException)") and err.count("\n") == 1
 
 
 def test_close_takes_mlflows_status_names_only_and_is_safe_before_start(tmp_path):
