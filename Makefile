@@ -34,7 +34,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build build-submit-v2 build-tracking ui lock-mlflow train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp bench-image compare clean
+.PHONY: help build build-submit-v2 build-tracking ui train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp bench-image compare clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -81,11 +81,10 @@ lint: $(HOST_VENV) ## ruff over src, tests, bench, azure; actionlint over .githu
 	$(HOST_VENV)/bin/ruff format --check src tests bench azure
 	$(HOST_VENV)/bin/actionlint -no-color .github/workflows/*.yml
 
-lock: ## re-resolve docker/requirements.in into docker/requirements.lock (in a container)
+lock: ## re-resolve docker/*.in (runtime, submit-v2, mlflow) into docker/*.lock (in a container)
 	docker buildx build -f docker/Dockerfile --target lock --output type=local,dest=docker \
 	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
-
 
 ui: ## start the MLflow tracking server and its UI (127.0.0.1:5000); then: make train MLFLOW=1
 	$(COMPOSE) --profile tracking up -d --build --wait mlflow
@@ -93,11 +92,6 @@ ui: ## start the MLflow tracking server and its UI (127.0.0.1:5000); then: make 
 
 build-tracking: ## the MLflow server's image and the headless browser the tracking test uses
 	$(COMPOSE) --profile tracking --profile browser build mlflow browser
-
-lock-mlflow: ## re-resolve docker/mlflow.in into docker/mlflow.lock (in a container)
-	docker buildx build -f docker/mlflow.Dockerfile --target lock --output type=local,dest=docker \
-	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
-	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
 
 bench: build ## the whole `docker compose run train` against the tutorial's train.py, side by side: ARGS="--epochs 1"
 	python3 bench/product.py $(ARGS)

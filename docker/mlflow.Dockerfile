@@ -17,30 +17,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# `make lock-mlflow`: resolve docker/mlflow.in into a hashed lock for this image's platform.
-FROM os AS lock-resolve
-RUN --mount=type=secret,id=ca \
-    --mount=type=bind,source=docker/lock-tools.txt,target=/tmp/lock-tools.txt \
-    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
- && pip install --no-cache-dir --require-hashes -r /tmp/lock-tools.txt
-ARG LOCK_STAMP=unset
-RUN --mount=type=secret,id=ca \
-    --mount=type=bind,source=docker/mlflow.in,target=/tmp/mlflow.in \
-    if [ -s /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca; fi \
- && echo "resolving at $LOCK_STAMP" && mkdir /tmp/out \
- && uv pip compile /tmp/mlflow.in --python-platform x86_64-manylinux_2_36 --python-version 3.11 \
-      --generate-hashes --custom-compile-command "make lock-mlflow" --quiet -o /tmp/out/mlflow.lock
-FROM scratch AS lock
-COPY --from=lock-resolve /tmp/out/ /
-
-# The server. The CA bundle reaches pip only as a BuildKit secret: no trace of it in a layer.
+# The server; `make lock` resolves docker/mlflow.in in docker/Dockerfile's lock stage.
 FROM os AS mlflow
-RUN --mount=type=secret,id=ca \
-    --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=secret,id=ca --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=bind,source=docker/pip-install.sh,target=/tmp/pip-install.sh \
     --mount=type=bind,source=docker/mlflow.lock,target=/tmp/mlflow.lock \
-    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
- && pip install --require-hashes --no-deps -r /tmp/mlflow.lock \
- && pip check
+    sh /tmp/pip-install.sh /tmp/mlflow.lock && pip check
 # Runs root-less; runs, metrics and artifacts live in /mlflow (a named volume in compose).
 RUN useradd --uid 1000 --user-group --no-create-home --home-dir /tmp mlflow \
  && mkdir /mlflow && chown mlflow:mlflow /mlflow
