@@ -34,7 +34,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build build-submit-v2 build-tracking ui train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp bench-image compare clean
+.PHONY: help build build-submit-v2 build-tracking ui train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp compare clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -93,14 +93,11 @@ ui: ## start the MLflow tracking server and its UI (127.0.0.1:5000); then: make 
 build-tracking: ## the MLflow server's image and the headless browser the tracking test uses
 	$(COMPOSE) --profile tracking --profile browser build mlflow browser
 
-bench: build ## the whole `docker compose run train` against the tutorial's train.py, side by side: ARGS="--epochs 1"
+bench: build ## the whole `docker compose run train` against the tutorial's train.py, side by side: ARGS="--epochs 1 --loop"
 	python3 bench/product.py $(ARGS)
 
 bench-ddp: build ## data-parallel scaling, 1 vs 2 processes (torchrun), in the image
 	$(COMPOSE) run --rm -v $(CURDIR)/bench:/app/bench:ro train python /app/bench/scaling.py $(ARGS)
-
-bench-image: ## image size, first push and cold pull, before (BEFORE=rev) and after the layer split; COLD=1 adds a cold build
-	bash bench/image.sh
 
 compare: ## two runs' output folders side by side; exit 0 when they are the same run: make compare A=DIR B=DIR
 	python3 azure/compare.py $(A) $(B)

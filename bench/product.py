@@ -1,213 +1,213 @@
-"""The product as a user runs it, against the Azure tutorial's train.py: whole commands, side by side.
+"""`make bench`: the product as a user runs it against the Azure tutorial's train.py, whole commands side by side.
 
-    make bench                                  # 2 epochs, 2 rounds (11 min on 2 busy shared cores)
-    make bench ARGS="--epochs 1 --rounds 3"     # shorter epochs, more rounds
-    make bench ARGS="--product-flags=--threads 1"   # extra trainer flags for the product rounds
-    make bench ARGS="--before cifar10-trainer:OLD"  # also an earlier build of the image, same rounds
+    make bench                                      # 2 epochs of 50,000 images, 2 rounds
+    make bench ARGS="--epochs 1 --rounds 3 --images 20000"
+    make bench ARGS="--product-flags='--threads 2'" # extra trainer flags for the product
+    make bench ARGS="--loop"                        # each round also: a step at batch 4, the tutorial's kernels' share
 
-Runs on the host (Python's standard library only) and drives `docker compose run` against the built
-image. Both programs train on the same generated 50,000-image data set in the real CIFAR-10 on-disk
-format, with torchvision's md5 check satisfied (bench/on_fixture.py), in the same image:
-- tutorial: bench/tutorial_train.py, the Azure tutorial's train.py (ToTensor, DataLoader batch 4,
-  shuffle, 2 workers, SGD(0.001, 0.9), a loss line every 2000 mini-batches);
-- product:  `docker compose run train` with default flags (src/train.py).
-With --before IMAGE, an earlier build of the product runs the same command in the same rounds (its
-own /app/src, default flags), for before/after figures measured side by side. Rounds rotate which
-goes first. Printed: each whole command's wall time, their ratio with its range
-over rounds, training images/s, where the product's time goes (from when each output line arrived),
-and both loss trajectories. Then, in one container: a float32 2048x2048 matmul rate, the trainer at
-batch 512 (images/s and its share of that rate) and the test-set evaluation time (bench/kernels.py).
+Runs on the host (standard library only), driving `docker compose run` with the built image: in it, on one generated
+data set in CIFAR-10's format (torchvision's md5 check expecting its files: tests/cifar_fixture.py --on), the tutorial's
+script (bench/tutorial_train.py) and `docker compose run train` (src/train.py). Rounds interleave and rotate which
+goes first; each figure comes with its range over rounds. Past figures, and those of retired benches: docs/perf.md.
 """
 
 import argparse
 import json
 import os
 import re
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS = re.compile(r"epoch=(\d+), batch=\s*(\d+): loss ([\d.]+)")
 MOUNTS = ["-v", f"{ROOT / 'bench'}:/app/bench:ro", "-v", f"{ROOT / 'tests'}:/app/tests:ro"]
+ON_FIXTURE = ["python", "/app/tests/cifar_fixture.py", "--on", "data"]  # the generated files pass torchvision's check
 
 
 def compose_run(env, *command):
-    """Run `docker compose run --rm train COMMAND`; return (seconds, [(seconds since start, line)], rc)."""
+    """Run `docker compose run --rm train COMMAND`; return (seconds, [(seconds since start, line)]), or exit."""
     argv = ["docker", "compose", "run", "--rm", "-T", *MOUNTS, "train", *command]
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = [(time.perf_counter() - t0, line.rstrip()) for line in p.stdout]
-    rc = p.wait()
-    return time.perf_counter() - t0, lines, rc
+    if p.wait():
+        sys.exit(f"error: {' '.join(command)} exited with {p.returncode}:\n" + "\n".join(ln for _, ln in lines[-15:]))
+    return time.perf_counter() - t0, lines
 
 
-def folders(env, work, name):
-    """Fresh output and checkpoint folders per run (the trainer refuses to overwrite a finished run)."""
-    run_env = dict(env)
-    for key, sub in (("OUTPUTS_DIR", "outputs"), ("CHECKPOINTS_DIR", "checkpoints")):
-        path = work / name / sub
-        path.mkdir(parents=True)
-        path.chmod(0o777)  # whichever uid the container runs as may write there
-        run_env[key] = str(path)
-    return run_env
+def machine():
+    """Cores and CPU model, to stand next to every figure (the containers run on this host's CPU)."""
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return f"{os.cpu_count()} cores, {model}"
 
 
-def at(lines, pattern):
-    """Seconds at which the first line matching pattern arrived, or None."""
-    return next((t for t, line in lines if re.search(pattern, line)), None)
-
-
-def losses(lines):
-    return [(int(e), int(b), v) for _, line in lines for e, b, v in LOSS.findall(line)]
-
-
-def steady_rate(lines, args):
-    """Images/s between the first and the last loss line (every 2000 steps of 4 images)."""
-    marks = [(t, int(e), int(b)) for t, line in lines for e, b, _ in LOSS.findall(line)]
-    (t1, e1, b1), (t2, e2, b2) = marks[0], marks[-1]
-    steps_per_epoch = -(-args.images // 4)
-    return ((e2 - e1) * steps_per_epoch + b2 - b1) * 4 / (t2 - t1)
-
-
-def must(rc, lines, what):
-    if rc != 0:
-        sys.exit(f"error: {what} exited with {rc}; its last lines:\n" + "\n".join(line for _, line in lines[-15:]))
-
-
-def main():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=2, help="epochs for both programs (the tutorial's is 2)")
-    p.add_argument("--rounds", type=int, default=2, help="tutorial/product pairs, order alternating")
-    p.add_argument("--images", type=int, default=50000, help="generated training images (test set: a fifth)")
-    p.add_argument(
-        "--product-flags",
-        default="",
-        help='extra trainer flags for the product rounds, e.g. "--threads 1" (printed with the results)',
-    )
-    p.add_argument("--before", metavar="IMAGE", help="an earlier build of the image, timed in the same rounds")
-    p.add_argument("--no-kernels", action="store_true", help="skip the matmul / batch 512 / evaluation figures")
-    p.add_argument("--loop", action="store_true", help="also the bare-loop detail (bench/throughput.py)")
-    args = p.parse_args()
+    p.add_argument("--epochs", type=int, default=2, help="epochs for both programs (default: 2, the tutorial's)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds, each running every program once (default: 2)")
+    p.add_argument("--images", type=int, default=50000, help="generated training images (default: 50000)")
+    p.add_argument("--product-flags", default="", help='extra trainer flags for the product, e.g. "--threads 2"')
+    p.add_argument("--loop", action="store_true", help="each round also takes a step at batch 4 apart (step_share)")
+    p.add_argument("--step-share", action="store_true", help="inside the image: what --loop runs, one JSON line")
+    args = p.parse_args(argv)
     if args.images % 5 or args.images < 5 * 4:
-        sys.exit("error: --images must be a multiple of 5 (five batch files) and at least 20")
-
-    work = Path(tempfile.mkdtemp(prefix="bench-"))
-    try:
-        env = {**os.environ, "LOCAL_UID": str(os.getuid()), "LOCAL_GID": str(os.getgid())}
-        env["DATA_DIR"] = str(work / "data")
-        (work / "data").mkdir()
-        (work / "data").chmod(0o777)
-        env = folders(env, work, "setup")
-        _, lines, rc = compose_run(env, "python", "/app/tests/cifar_fixture.py", "data", str(args.images // 5))
-        must(rc, lines, "writing the data set")
-        load = os.getloadavg()[0]
-        print(f"{args.images} generated images in CIFAR-10's format; {os.cpu_count()} cores, load {load:.1f}")
-        flags = args.product_flags or "default flags"
-        image = env.get("IMAGE", "cifar10-trainer:local")
-        print(f"image {image}; {args.epochs} epoch(s), {args.rounds} rounds; product: {flags}\n")
-
-        # the tutorial runs its fixed 2 epochs; --epochs 1 stops it after the first (see tutorial_epochs)
-        tutorial = ["python", "/app/bench/on_fixture.py", "/app/bench/tutorial_train.py"]
-        before = ["python", "/app/bench/on_fixture.py", "/app/src/train.py"]  # default flags
-        if args.epochs != 2:
-            tutorial = ["env", f"TUTORIAL_EPOCHS={args.epochs}", *tutorial]
-            before += ["--epochs", str(args.epochs)]
-        product = [*before, *args.product_flags.split()]
-        _, lines, rc = compose_run(env, "true")
-        commands = {"tutorial": tutorial, "product": product, **({"before": before} if args.before else {})}
-        results = {name: [] for name in commands}
-        overhead = []
-        for r in range(args.rounds):
-            names = list(commands)
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                run_env = folders(env, work, f"{name}-{r}")
-                if name == "before":
-                    run_env["IMAGE"] = args.before
-                seconds, lines, rc = compose_run(run_env, *commands[name])
-                must(rc, lines, name)
-                summary = {}
-                if name != "tutorial":
-                    summary = json.loads((Path(run_env["OUTPUTS_DIR"]) / "summary.json").read_text())
-                results[name].append({"wall": seconds, "lines": lines, "summary": summary})
-                print(f"round {r + 1}: {name:8s} {seconds:6.1f} s   (load {os.getloadavg()[0]:.1f})", flush=True)
-            overhead.append(compose_run(env, "true")[0])
-        report(results, args, statistics.median(overhead))
-        if not args.no_kernels:
-            print()
-            kernel_env = folders(env, work, "kernels")
-            _, lines, rc = compose_run(kernel_env, "python", "/app/bench/kernels.py", "--data", "data")
-            must(rc, lines, "bench/kernels.py")
-            print("\n".join(line for _, line in lines))
-        if args.loop:
-            print("\nbare training loops, no start-up (bench/throughput.py):", flush=True)
-            _, lines, rc = compose_run(env, "python", "/app/bench/throughput.py")
-            must(rc, lines, "bench/throughput.py")
-            print("\n".join(line for _, line in lines))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        p.error("--images must be a multiple of 5 (five batch files) and at least 20")
+    return args
 
 
-def ratio_line(label, slower, faster):
-    """Best over best, and the range of the per-round ratios (programs of one round ran back to back)."""
-    per_round = [a["wall"] / b["wall"] for a, b in zip(slower, faster, strict=True)]
-    best = min(r["wall"] for r in slower) / min(r["wall"] for r in faster)
-    print(f"  {label}: {best:.2f}x (per round {min(per_round):.2f}x-{max(per_round):.2f}x)")
+def programs(args):
+    """name -> the command a round runs for it; TUTORIAL_EPOCHS stops the tutorial's fixed 2 epochs early."""
+    tutorial = ["env", f"TUTORIAL_EPOCHS={args.epochs}", *ON_FIXTURE, "/app/bench/tutorial_train.py"]
+    product = [*ON_FIXTURE, "/app/src/train.py", "--epochs", str(args.epochs), *args.product_flags.split()]
+    loop = ["python", "/app/bench/product.py", "--step-share"]
+    return {"tutorial": tutorial, "product": product, **({"loop": loop} if args.loop else {})}
 
 
-def report(results, args, overhead):
-    tut, prod, before = results["tutorial"], results["product"], results.get("before")
-    names = {
-        "tutorial": "tutorial train.py (same image)",
-        "product": f"docker compose run train {args.product_flags or '(default flags)'}",
-        "before": f"the same, image {args.before}",
-    }
-    print(f"\nwhole command, {args.epochs} epoch(s) of {args.images} images, best of {args.rounds} rounds:")
-    for name, runs in results.items():
-        print(f"  {names[name] + ':':44s} {min(r['wall'] for r in runs):6.1f} s")
-    ratio_line("ratio tutorial/product", tut, prod)
-    if before:
-        ratio_line("ratio tutorial/before", tut, before)
-        ratio_line("product speed-up over before", before, prod)
-    print(f"  of each, `docker compose run train true` (container start and stop): {overhead:.1f} s")
+def prepare(work, args):
+    """Write the data set (in the image: numpy) and return the environment every run shares."""
+    env = {**os.environ, **{key: str(work / key.lower()) for key in ("DATA_DIR", "OUTPUTS_DIR", "CHECKPOINTS_DIR")}}
+    for key in ("DATA_DIR", "OUTPUTS_DIR", "CHECKPOINTS_DIR"):
+        Path(env[key]).mkdir()
+        Path(env[key]).chmod(0o777)  # the container runs as the outputs' owner (this user); 0777 lets any uid write
+    compose_run(env, "python", "/app/tests/cifar_fixture.py", "data", str(args.images // 5))
+    compose_run(env, "true")  # the first container start after a build is slower; no round should pay for it
+    image, start_stop = env.get("IMAGE", "cifar10-trainer:local"), compose_run(env, "true")[0]
+    print(f"image {image}, {args.images} generated images; {machine()}; load {os.getloadavg()[0]:.1f}")
+    print(f"of each command, a container's start and stop (`docker compose run train true`): {start_stop:.1f} s\n")
+    return env
 
-    print("\ntraining images/s, best round, from the first to the last loss line's arrival (all alike):")
-    for name, runs in results.items():
-        print(f"  {name:8s} {max(steady_rate(r['lines'], args) for r in runs):7.0f}")
-    for name, runs in results.items():
-        if name != "tutorial":
-            loop = max(r["summary"]["images_per_sec"] for r in runs)
-            print(f"  {name}, its training loop alone (summary.json images_per_sec): {loop:7.0f}")
 
-    for name, runs in results.items():
-        if name == "tutorial":
-            continue
-        best = min(runs, key=lambda r: r["wall"])
-        lines, s = best["lines"], best["summary"]
-        finished = at(lines, "Finished Training")
-        first_loss = at(lines, LOSS.pattern) or finished
-        print(f"\nwhere the {name}'s time goes (fastest round; seconds from the command's start):")
-        print(f"  first output line (config; imports, data set opened and decoded): {lines[0][0]:6.1f}")
-        print(f"  first loss line:                                                  {first_loss:6.1f}")
-        print(f"  'Finished Training':                                              {finished:6.1f}")
-        print(f"  command done (weights, plot, summary, container removed):         {best['wall']:6.1f}")
-        print(f"  of which the training loop itself: {s['train_seconds']:.1f} s; threads {s.get('threads')}")
+def run_rounds(env, args):
+    """Every program once per round, the first one rotating; returns {name: [per-round result]}."""
+    commands = programs(args)
+    results = {name: [] for name in commands}
+    for r in range(args.rounds):
+        for name in list(commands)[r % len(commands) :] + list(commands)[: r % len(commands)]:
+            seconds, lines = compose_run(env, *commands[name])
+            summary = {}
+            if name == "product":  # each run writes a new outputs/<run>/, and outputs/latest names it
+                summary = json.loads((Path(env["OUTPUTS_DIR"]) / "latest" / "summary.json").read_text())
+            results[name].append({"wall": seconds, "lines": lines, "summary": summary})
+            print(f"round {r + 1}: {name:8s} {seconds:6.1f} s   (load {os.getloadavg()[0]:.1f})", flush=True)
+    return results
 
-    print("\nloss every 2000 mini-batches (first round of each):")
-    trajectories = {name: losses(runs[0]["lines"]) for name, runs in results.items()}
-    print("  epoch batch  " + "  ".join(f"{name:>8s}" for name in trajectories))
-    for rows in zip(*trajectories.values(), strict=False):
-        e, i, _ = rows[0]
-        print(f"  {e:5d} {i:5d}  " + "  ".join(f"{v:>8s}" for *_, v in rows))
-    values = [[v for *_, v in t] for t in trajectories.values()]
-    same = all(v == values[0] for v in values)
-    counts = " vs ".join(str(len(v)) for v in values)
-    print(f"  trajectories agree to the printed digits: {'yes' if same else 'NO'} ({counts} lines)")
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.step_share:
+        return step_share()
+    with tempfile.TemporaryDirectory(prefix="bench-", ignore_cleanup_errors=True) as work:
+        results = run_rounds(prepare(Path(work), args), args)
+    report(results, args)
+    if args.loop:
+        report_loop([json.loads(r["lines"][-1][1]) for r in results["loop"]])
+
+
+def spread(values, fmt="{:.1f}", best=min):
+    """The best round's figure, and the range over rounds."""
+    return f"{fmt.format(best(values))} (rounds {fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def steady_rate(lines, images):
+    """Images/s between the first and the last loss line's arrival (they come every 2000 steps of 4 images)."""
+    marks = [(t, int(e), int(b)) for t, line in lines for e, b, _ in LOSS.findall(line)]
+    if len(marks) < 2:
+        return float("nan")  # under 16,000 images an epoch, one loss line or none
+    (t1, e1, b1), (t2, e2, b2) = marks[0], marks[-1]
+    return ((e2 - e1) * -(-images // 4) + b2 - b1) * 4 / (t2 - t1)
+
+
+def seconds_to(runs, pattern):
+    """Seconds from each run's start to its first line matching pattern (to its first line, for "")."""
+    return [next(t for t, line in r["lines"] if re.search(pattern, line)) for r in runs]
+
+
+def report(results, args):
+    tut, prod = results["tutorial"], results["product"]
+    wall = [[r["wall"] for r in runs] for runs in (tut, prod)]
+    rate = [[steady_rate(r["lines"], args.images) for r in runs] for runs in (tut, prod)]
+    summary = {key: [r["summary"][key] for r in prod] for key in ("images_per_sec", "train_seconds")}
+    rows = [  # label, per-round values, format, which round is the best
+        ("whole command, the tutorial's train.py, s", wall[0], "{:.1f}", min),
+        (f"whole command, docker compose run train {args.product_flags or '(defaults)'}, s", wall[1], "{:.1f}", min),
+        ("ratio tutorial/product, each round's pair", [a / b for a, b in zip(*wall, strict=True)], "{:.2f}x", max),
+        ("images/s, tutorial, first to last loss line", rate[0], "{:.0f}", max),
+        ("images/s, product, first to last loss line", rate[1], "{:.0f}", max),
+        ("images/s, product's training loop (summary.json)", summary["images_per_sec"], "{:.0f}", max),
+        ("product, s to its first line (config)", seconds_to(prod, ""), "{:.1f}", min),
+        ("product, s to its first loss line", seconds_to(prod, LOSS.pattern), "{:.1f}", min),
+        ("product, s to 'Finished Training'", seconds_to(prod, "Finished Training"), "{:.1f}", min),
+        ("product, s in its training loop (summary.json)", summary["train_seconds"], "{:.1f}", min),
+    ]
+    print(f"\n{args.epochs} epoch(s) of {args.images} images; the best round, and the range over rounds:")
+    for label, values, fmt, best in rows:
+        print(f"  {label:58s} {spread(values, fmt, best)}")
+    losses = [[v for _, line in runs[0]["lines"] for *_, v in LOSS.findall(line)] for runs in (tut, prod)]
+    print(f"  loss every 2000 mini-batches, first round ({'the same' if losses[0] == losses[1] else 'NOT the same'}):")
+    for name, values in zip(("tutorial", "product"), losses, strict=True):
+        print(f"    {name:8s} {' '.join(values)}")
+
+
+# The tutorial's arithmetic, by the aten ops that do it (forward and backward), as torch.profiler names them.
+KERNELS = {
+    "convolutions (oneDNN)": "mkldnn_convolution convolution_backward",
+    "max pooling": "max_pool2d_with_indices max_pool2d_with_indices_backward",
+    "linear layers": "addmm mm sum",
+    "ReLU": "clamp_min threshold_backward",
+    "cross-entropy": "_log_softmax nll_loss_forward nll_loss_backward _log_softmax_backward_data",
+}
+
+
+def step_share(steps=2000):
+    """In the image, 1 thread: microseconds a step of the trainer's at batch 4 (src/step.py), then the same step
+    under torch.profiler: the self time of the tutorial's kernels, and the profiled step's own time (one stretch
+    of a busy machine for both). The rest of a step is the optimizer's update, dispatch, allocation and Python."""
+    sys.path.insert(0, "/app/src")
+    import torch
+    from torch.nn.functional import cross_entropy
+    from torch.profiler import profile
+
+    import data
+    import train
+    from model import Net
+    from step import DirectStep, make_step
+
+    torch.set_num_threads(1)
+    batches = list(data.fast_batches(*data.fake_cifar10(1000, seed=0), 4, torch.arange(1000)))  # before the clock
+    net, cpu = Net(), train.Device("cpu", nullcontext(), torch.contiguous_format)
+    step = make_step(net, train.make_optimizer(net, lr=0.001, momentum=0.9), cpu, False)
+    for inputs, labels in batches[:20]:  # warm-up: the allocator, oneDNN's primitives
+        step(inputs, labels, cross_entropy).item()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(*batches[i % len(batches)], cross_entropy).item()  # .item(), as the tutorial's running loss
+    step_us = (time.perf_counter() - t0) * 1e6 / steps
+    with profile() as prof:
+        t0 = time.perf_counter()
+        for inputs, labels in batches:
+            step(inputs, labels, cross_entropy).item()
+        profiled_us = (time.perf_counter() - t0) * 1e6 / len(batches)
+    self_us = {e.key: e.self_cpu_time_total / len(batches) for e in prof.key_averages()}
+    kernels = {group: sum(self_us.get(f"aten::{op}", 0.0) for op in ops.split()) for group, ops in KERNELS.items()}
+    kind = "DirectStep" if isinstance(step, DirectStep) else "autograd's step"  # which make_step chose here
+    print(json.dumps({"step_us": step_us, "profiled_us": profiled_us, "kernels_us": kernels, "kind": kind}))
+
+
+def report_loop(rounds):
+    step = [r["step_us"] for r in rounds]
+    shares = [sum(r["kernels_us"].values()) / r["profiled_us"] for r in rounds]
+    best = {group: min(r["kernels_us"][group] for r in rounds) for group in KERNELS}  # each the least disturbed
+    print(f"\na step at batch 4 on 1 thread, in the image ({rounds[0]['kind']}); {machine()}:")
+    print(f"  the trainer's step: {spread(step, '{:.0f}')} us; in the tutorial's kernels (self time, best round each):")
+    print("    " + ", ".join(f"{group} {us:.0f}" for group, us in best.items()) + " us")
+    inside = sum(best.values())
+    print(f"    together {inside:.0f} us, {inside / min(step):.0%} of the best step; within each profiled round")
+    print(f"    {min(shares):.0%}-{max(shares):.0%} (a floor: the profiler's own cost counts against it)")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
