@@ -49,14 +49,6 @@ def make_optimizer(model, lr, momentum):
     return FlatSGD(model, lr=lr, momentum=momentum)
 
 
-def train_step(run, criterion, inputs, labels):
-    """One SGD step, the tutorial's; returns the loss tensor (reading it syncs with the device).
-    Which step (step.py: the tutorial's kernels called directly, or autograd) is chosen on the first call."""
-    if not hasattr(run, "step"):
-        run.step = make_step(run.net, run.optimizer, run.device, run.ddp.on)
-    return run.step(inputs, labels, criterion)
-
-
 def scaled_cross_entropy(outputs, labels, scale):
     """Sum over the rank's share times world/global batch: DDP's gradient mean is then the
     gradient of the global batch's mean loss, as in one process, whatever the share sizes."""
@@ -84,6 +76,7 @@ class Training:
     model: nn.Module
     net: nn.Module  # the model, wrapped in DistributedDataParallel when there are several ranks
     optimizer: torch.optim.Optimizer
+    step: object  # step(inputs, labels, criterion) -> loss: step.py's choice, made once
     checkpoints: Checkpoints
     metrics: Metrics
     state: LoopState
@@ -187,7 +180,10 @@ def setup(args, ddp, device, folders):
     metrics = Metrics(out_dir, azureml_run(), mlflow_tracking()) if ddp.main else Metrics(None)
     info = provenance() if ddp.main else {}
     net = DistributedDataParallel(model) if ddp.on else model  # DDP: rank 0's weights to all, grads averaged
-    run = Training(args, folders, ddp, device, train_data, model, net, optimizer, checkpoints, metrics, state, info)
+    step = make_step(net, optimizer, device, ddp.on)  # the tutorial's kernels called directly, or autograd
+    run = Training(
+        args, folders, ddp, device, train_data, model, net, optimizer, step, checkpoints, metrics, state, info
+    )
     announce(run)
     if resume:
         run.say(f"resumed from {resume} at epoch {state.epoch + 1}, step {state.global_step}")
@@ -241,7 +237,7 @@ def train_one_epoch(run, epoch, stop):
     t0 = time.perf_counter()
     try:
         for k, (inputs, labels) in enumerate(batches(run, order)):
-            loss = train_step(run, criterion_for(run, order, k), inputs, labels)
+            loss = run.step(inputs, labels, criterion_for(run, order, k))
             value = loss.item()  # a CPU-GPU sync point, as in the tutorial
             state.running_loss += value
             state.epoch_loss += value
