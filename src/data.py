@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -224,3 +225,46 @@ def tutorial_loader(dataset, batch_size, order, workers=2):
     """The tutorial's pipeline: per-image PIL -> ToTensor (-> Normalize) in DataLoader workers,
     drawing samples in `order` (the tutorial's shuffle=True draws a fresh randperm the same way)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=workers)
+
+
+def epoch_order(n, seed, epoch):
+    """A fresh permutation each epoch, derived from (seed, epoch) so that a resumed run draws the same."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+@dataclass
+class Tensors:
+    """The training and test sets, decoded once (and the tutorial pipeline's Dataset)."""
+
+    x: torch.Tensor  # uint8 NCHW training images (on the device for the fast pipeline)
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    train_set: object  # the tutorial pipeline's Dataset (PIL images through the transform)
+
+
+def load(args, ddp, device):
+    """The training and test sets as tensors; local rank 0 of each node prepares the files first."""
+    per_image = transform(args.normalize)
+    if args.fake_data:
+        x, y = fake_cifar10(args.fake_data, seed=args.seed)
+        x_test, y_test = fake_cifar10(max(args.fake_data // 5, 1), seed=args.seed + 1)
+        train_set = TensorImages(x, y, per_image)
+    else:
+        found = ddp.local_first(lambda: prepare(args.data_dir, download=not args.no_download))
+        train_set = open_cifar10(found, train=True, transform=per_image)
+        (x, y), (x_test, y_test) = to_tensors(train_set), to_tensors(open_cifar10(found, train=False))
+    if args.pipeline == "fast":  # the training set lives on the device; batches are slices of it
+        x, y = x.to(device.name), y.to(device.name)
+    return Tensors(x, y, x_test, y_test, train_set)
+
+
+def batches(args, d, order, dev, ddp):
+    """This rank's (inputs, labels) on the device, in `order`, through the chosen pipeline."""
+    if args.pipeline == "fast":
+        order = order.to(dev.name)
+        source = fast_batches(d.x, d.y, args.batch_size, order, ddp.rank, ddp.world, args.normalize)
+    else:
+        source = tutorial_loader(d.train_set, args.batch_size, order, args.workers)
+    for inputs, labels in source:
+        yield inputs.to(dev.name, memory_format=dev.memory_format, non_blocking=True), labels.to(dev.name)

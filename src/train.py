@@ -30,18 +30,13 @@ from device import Device, setup_device, threads_for
 from distributed import Distributed, StopFlag
 from errors import TrainerError
 from metrics import Metrics, azureml_run, mlflow_tracking
-from model import Net
+from model import Net, evaluate
 from provenance import provenance
 from sgd import FlatSGD
 from step import make_step
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal, checkpoint saved, rerun with --resume
 EVAL_BATCH = 1000  # test images per forward pass: accuracy does not depend on it
-
-
-def epoch_order(n, seed, epoch):
-    """A fresh permutation each epoch, derived from (seed, epoch) so that a resumed run draws the same."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 def make_optimizer(model, lr, momentum):
@@ -56,15 +51,6 @@ def scaled_cross_entropy(outputs, labels, scale):
 
 
 @dataclass
-class Data:
-    x: torch.Tensor  # uint8 NCHW training images (on the device for the fast pipeline)
-    y: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    train_set: object  # the tutorial pipeline's Dataset (PIL images through the transform)
-
-
-@dataclass
 class Training:
     """Everything the loop needs, made once by setup()."""
 
@@ -72,7 +58,7 @@ class Training:
     folders: runs.RunFolders  # the run's name, output and checkpoint folders
     ddp: Distributed
     device: Device
-    data: Data
+    data: data.Tensors
     model: nn.Module
     net: nn.Module  # the model, wrapped in DistributedDataParallel when there are several ranks
     optimizer: torch.optim.Optimizer
@@ -139,22 +125,6 @@ def epochs(run):
     return finish(run)
 
 
-def load_data(args, ddp, device):
-    """The training and test sets as tensors; local rank 0 of each node prepares the files first."""
-    transform = data.transform(args.normalize)
-    if args.fake_data:
-        x, y = data.fake_cifar10(args.fake_data, seed=args.seed)
-        x_test, y_test = data.fake_cifar10(max(args.fake_data // 5, 1), seed=args.seed + 1)
-        train_set = data.TensorImages(x, y, transform)
-    else:
-        found = ddp.local_first(lambda: data.prepare(args.data_dir, download=not args.no_download))
-        train_set = data.open_cifar10(found, train=True, transform=transform)
-        (x, y), (x_test, y_test) = data.to_tensors(train_set), data.to_tensors(data.open_cifar10(found, train=False))
-    if args.pipeline == "fast":  # the training set lives on the device; batches are slices of it
-        x, y = x.to(device.name), y.to(device.name)
-    return Data(x, y, x_test, y_test, train_set)
-
-
 def announce(run):
     """Where this run's files go, and a warning where they would go with the container."""
     f = run.folders
@@ -167,7 +137,7 @@ def announce(run):
 
 def setup(args, ddp, device, folders):
     """Data, model, optimizer, resumed state and tracking: the run before its first step."""
-    train_data = load_data(args, ddp, device)
+    train_data = data.load(args, ddp, device)
     folders = ddp.from_main(lambda: runs.create(folders))  # once the data is there: a failed run leaves none
     out_dir, resume, recipe = folders.out_dir, folders.resume, cli.recipe(args)
     checkpoints = Checkpoints(folders.ckpt_dir, recipe, write=ddp.main)
@@ -195,18 +165,6 @@ def setup(args, ddp, device, folders):
     return run
 
 
-def batches(run, order):
-    """This rank's (inputs, labels) on the device, in `order`, through the chosen pipeline."""
-    args, dev, d = run.args, run.device, run.data
-    if args.pipeline == "fast":
-        order = order.to(dev.name)
-        source = data.fast_batches(d.x, d.y, args.batch_size, order, run.ddp.rank, run.ddp.world, args.normalize)
-    else:
-        source = data.tutorial_loader(d.train_set, args.batch_size, order, args.workers)
-    for inputs, labels in source:
-        yield inputs.to(dev.name, memory_format=dev.memory_format, non_blocking=True), labels.to(dev.name)
-
-
 def criterion_for(run, order, k):
     """The tutorial's CrossEntropyLoss; with DDP scaled so that gradients are the global batch's."""
     if not run.ddp.on:
@@ -231,12 +189,12 @@ def progress_bar(run, epoch, skip):
 def train_one_epoch(run, epoch, stop):
     """One pass over the training set, from where the state says; False if a signal stopped it."""
     args, state = run.args, run.state
-    order = epoch_order(len(run.data.x), args.seed, epoch)[state.step_in_epoch * args.batch_size :]
+    order = data.epoch_order(len(run.data.x), args.seed, epoch)[state.step_in_epoch * args.batch_size :]
     bar = progress_bar(run, epoch, state.step_in_epoch)
     line = bar.write if not bar.disable else run.say
     t0 = time.perf_counter()
     try:
-        for k, (inputs, labels) in enumerate(batches(run, order)):
+        for k, (inputs, labels) in enumerate(data.batches(run.args, run.data, order, run.device, run.ddp)):
             loss = run.step(inputs, labels, criterion_for(run, order, k))
             value = loss.item()  # a CPU-GPU sync point, as in the tutorial
             state.running_loss += value
@@ -279,28 +237,14 @@ def checkpoint(run, reason):
         run.say(f"checkpoint ({reason}): {path}")
 
 
-@torch.no_grad()
-def evaluate(model, x, y, device, normalize, batch_size=EVAL_BATCH):
-    """Accuracy overall and per class, for any batch size (no per-class loop over a batch of 4)."""
-    model.eval()
-    correct = torch.zeros(10, dtype=torch.int64)
-    total = torch.bincount(y, minlength=10)
-    for i in range(0, len(x), batch_size):
-        xb, yb = data.to_float(x[i : i + batch_size], normalize).to(device.name), y[i : i + batch_size]
-        with device.autocast:
-            pred = model(xb).argmax(1).cpu()
-        correct += torch.bincount(yb[pred == yb], minlength=10)
-    model.train()
-    per_class = {c: (correct[i] / total[i]).item() if total[i] else float("nan") for i, c in enumerate(data.CLASSES)}
-    return (correct.sum() / total.sum()).item(), per_class
-
-
 def validate(run, epoch):
     """Test accuracy, on rank 0 only: the others go on; the next step's gradient exchange waits for it."""
     if not run.ddp.main:
         return
     with threads_for(run.args.threads, EVAL_BATCH, run.ddp.local_world):
-        acc, per_class = evaluate(run.model, run.data.x_test, run.data.y_test, run.device, run.args.normalize)
+        acc, per_class = evaluate(
+            run.model, run.data.x_test, run.data.y_test, run.device, run.args.normalize, EVAL_BATCH
+        )
     record(run, "test/accuracy", acc, epoch)
     for name, value in per_class.items():
         record(run, f"test/class_accuracy/{name}", value, epoch)

@@ -23,7 +23,7 @@ LR, MOMENTUM = 0.001, 0.9
 def epochs_of(n, batch_size, normalize, epochs=2):
     """The trainer's batches of a synthetic data set of n images, epoch after epoch."""
     x, y = data.fake_cifar10(n, seed=0)
-    orders = [train.epoch_order(n, 0, e) for e in range(epochs)]
+    orders = [data.epoch_order(n, 0, e) for e in range(epochs)]
     return [b for order in orders for b in data.fast_batches(x, y, batch_size, order, normalize=normalize)]
 
 

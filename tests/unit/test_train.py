@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+import data
 import train
 from model import Net
 
@@ -69,7 +70,7 @@ def tutorial_losses(root, order, normalize, log_interval, epochs=2):
 def test_default_run_is_bit_identical_to_the_tutorials_dataloader_loop(normalize, cifar_dir, tmp_path):
     assert run_main(tmp_path, f"--epochs 2 --log-interval 5 --threads 1 --no-download {normalize}") == 0
     ours = metric(tmp_path / "out", "loss")
-    theirs = tutorial_losses(cifar_dir, lambda e: train.epoch_order(200, 0, e), bool(normalize), 5)
+    theirs = tutorial_losses(cifar_dir, lambda e: data.epoch_order(200, 0, e), bool(normalize), 5)
     assert len(ours) == len(theirs) == 2 * 10
     assert ours == theirs  # bit for bit: the same float32 arithmetic in the same order
 
@@ -172,9 +173,9 @@ def test_fast_path_and_tutorial_pipeline_give_the_same_loss_trajectory(source, t
 
 
 def test_every_sample_once_per_epoch_in_a_fresh_order():
-    first, second = train.epoch_order(1000, 0, 0), train.epoch_order(1000, 0, 1)
+    first, second = data.epoch_order(1000, 0, 0), data.epoch_order(1000, 0, 1)
     assert torch.equal(first.sort().values, torch.arange(1000)) and not torch.equal(first, second)
-    assert torch.equal(first, train.epoch_order(1000, 0, 0))  # what a resumed run relies on
+    assert torch.equal(first, data.epoch_order(1000, 0, 0))  # what a resumed run relies on
 
 
 def test_progress_bar_keeps_the_tutorial_lines_on_stdout(tmp_path, capsys):
