@@ -81,7 +81,7 @@ test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the 
 	  -v $(CURDIR)/src:/app/src:ro -w /app --entrypoint python submit-v2 -m pytest -p no:cacheprovider tests/unit/test_azure_v2.py
 
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
-	$(PYTEST) -p no:cacheprovider tests/e2e
+	$(PYTEST) -p no:cacheprovider --durations=10 tests/e2e
 
 lint: $(HOST_VENV) ## ruff over src, tests, bench, azure; actionlint over .github/workflows
 	$(HOST_VENV)/bin/ruff check src tests bench azure
