@@ -68,13 +68,14 @@ def named_inputs(plan):
     return mounts
 
 
-def upload_data(source=Path("data")):
-    """`make upload-data COMPUTE=local`: ./data copied to DATA_PATH (default aml.DATA_TARGET) in the datastore."""
+def upload_data():
+    """`make upload-data COMPUTE=local`: DATA_DIR (./data) copied to DATA_PATH (aml.DATA_TARGET) in the datastore."""
+    source = Path(os.environ.get("DATA_DIR") or "data")
     if not source.is_dir() or not any(source.iterdir()):
-        raise LocalWorkspaceError(f"./{source} is empty: put CIFAR-10 there first (`make train` downloads it)")
+        raise LocalWorkspaceError(f"{source} is empty: put CIFAR-10 there first (`make train` downloads it)")
     target = (os.environ.get("DATA_PATH") or aml.DATA_TARGET).strip("/")
     shutil.copytree(source, datastore() / target, dirs_exist_ok=True)
-    print(f"copied ./{source} to {datastore() / target}; now: make submit COMPUTE=local DATA_PATH={target}")
+    print(f"copied {source} to {datastore() / target}; now: make submit COMPUTE=local DATA_PATH={target}")
 
 
 def main(argv):

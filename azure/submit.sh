@@ -5,7 +5,7 @@
 # print the push and the exact definitions. COMPUTE=local: push to REGISTRY (e.g. a registry on
 # 127.0.0.1), then run the very job the dry run prints with the host's Docker (azure/local_run.py).
 # The job's settings are make's variables, read once by azure/submit.py (compose passes them through).
-# `submit.sh upload-data`: ./data to the default datastore (COMPUTE=local: into LOCAL_DATASTORE).
+# `submit.sh upload-data`: DATA_DIR (./data) to the default datastore (COMPUTE=local: into LOCAL_DATASTORE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-cifar10-trainer:local}
@@ -23,7 +23,8 @@ since() { awk "BEGIN {printf \"%.1f\", $(now) - $1}"; }
 
 if [ "${1:-}" = upload-data ]; then
   if [ "${COMPUTE:-}" = local ]; then exec python3 azure/local_workspace.py upload-data; fi
-  exec docker compose --profile azure run --rm -v "$PWD/data:/work/data:ro" "$service" upload-data "${dry[@]}"
+  data=$(realpath "${DATA_DIR:-data}")
+  exec docker compose --profile azure run --rm -v "$data:/work/data:ro" "$service" upload-data "${dry[@]}"
 fi
 if [ "${COMPUTE:-}" = local ] && [ -z "${REGISTRY:-}" ]; then
   echo "error: COMPUTE=local pulls the image by digest from a registry:" \

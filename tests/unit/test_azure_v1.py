@@ -310,3 +310,25 @@ def test_data_path_is_the_tutorials_part_4_experiment_unless_one_is_given(source
     assert dry_run(capsys, "--data-path", "datasets/cifar10")["experiment"] == "day1-experiment-data"
     monkeypatch.setenv("EXPERIMENT", "mine")
     assert dry_run(capsys, "--data-path", "datasets/cifar10")["experiment"] == "mine"
+
+
+def test_upload_data_is_the_tutorials_default_datastore_upload(source, config, monkeypatch, tmp_path, capsys):
+    from azureml.core import Workspace
+    from azureml.data.azure_storage_datastore import AzureBlobDatastore
+
+    ws = Workspace("0", "rg", "ws", auth=aml_v1.NoLogin(), _disable_service_check=True)
+    default = AzureBlobDatastore(ws, "workspaceblobstore", "container", "account")
+    uploads = []
+    monkeypatch.setattr(aml_v1, "credential", lambda mode: aml_v1.NoLogin())
+    monkeypatch.setattr(aml_v1, "connect", lambda settings, auth: ws)
+    monkeypatch.setattr(Workspace, "get_default_datastore", lambda self: default)  # the network edge: a GET
+    monkeypatch.setattr(AzureBlobDatastore, "upload", lambda self, **kw: uploads.append((self.name, kw)))  # blob PUTs
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
+    monkeypatch.setattr(submit, "DATA", data)
+    assert submit.main(["upload-data", "--config", str(config)]) == 0
+    # part 4's call: datastore.upload(src_dir='./data', target_path='datasets/cifar10')
+    kw = {"src_dir": str(data), "target_path": "datasets/cifar10", "overwrite": True, "show_progress": True}
+    assert uploads == [("workspaceblobstore", kw)]
+    assert "make submit DATA_PATH=datasets/cifar10" in capsys.readouterr().out

@@ -151,3 +151,31 @@ def test_v2_a_registry_other_than_the_workspaces_needs_a_connection(source, tmp_
         name="other-acr", type="container_registry", target="https://other.registry.example", credentials=credentials
     )
     aml_v2.check_registry(client, job)
+
+
+def test_v2_upload_data_is_a_uri_folder_data_asset_and_says_where_it_landed(source, tmp_path, monkeypatch, capsys):
+    from azure.ai.ml import MLClient
+    from azure.ai.ml.entities import Data
+
+    import aml_v2
+
+    sent, landed = [], "azureml://subscriptions/0/resourcegroups/rg/workspaces/ws/datastores/workspaceblobstore/paths/"
+
+    def create_or_update(self, data, **kwargs):  # the network edge: the upload and the asset's PUT
+        sent.append(data)
+        return Data(name=data.name, version="1", type=data.type, path=landed + "LocalUpload/0123/data/")
+
+    client = MLClient(object(), "0", "rg", "ws")
+    monkeypatch.setattr(type(client.data), "create_or_update", create_or_update)
+    monkeypatch.setattr(aml_v2, "credential", lambda mode: object())
+    monkeypatch.setattr(aml_v2, "connect", lambda settings, cred: client)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
+    monkeypatch.setattr(submit, "DATA", data)
+    assert submit.main(["upload-data", "--config", str(config)]) == 0
+    (asset,) = sent
+    assert (asset.name, asset.type, str(asset.path)) == ("cifar10", "uri_folder", str(data))
+    assert "DATA_PATH=LocalUpload/0123/data/" in capsys.readouterr().out
