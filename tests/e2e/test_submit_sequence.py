@@ -66,3 +66,5 @@ def test_upload_data_then_submit_with_data_path_as_the_tutorials_part_4(worktree
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (summary,) = made
     assert "day1-experiment-data" in str(summary)  # part 4's experiment, as DATA_PATH implies
+    # The named input mounted where its placeholder stood (DatasetConsumptionConfig:cifar10 in the v1 job)
+    assert json.loads(summary.read_text())["config"]["data_dir"] == "/mnt/azureml/data/cifar10"
