@@ -45,5 +45,6 @@ def test_what_the_cloud_receives_is_what_metrics_jsonl_holds(worktree, registry,
     assert "tracking off" not in r.stdout + r.stderr
     if sdk == "v2":
         assert got["status"] == "RUNNING"  # the job's run is Azure's to end, not the trainer's
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", "name=-standin"], capture_output=True, text=True)
+    standin = f"azureml-{outputs.name.removeprefix('local-')}-standin".lower()  # local_run.py names it after the run
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"name={standin}"], capture_output=True, text=True)
     assert left.stdout.strip() == ""  # the stand-in goes with the job
