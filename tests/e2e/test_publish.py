@@ -122,3 +122,38 @@ def test_make_submit_dry_run_starts_at_most_three_containers(worktree, registry,
 
 
 PULLER_FOR = {"v1": PULLER, "v2": {"REGISTRY_CONNECTION": "other-acr"}}
+
+
+FAKE_DOCKER = r"""#!/bin/sh
+# Stands in for docker on the way to Azure (nothing of Azure is reachable here): logs each call, answers
+# the prepare container as a logged-in workspace would, and pushes nowhere.
+echo "$*" >>"$CONTAINER_LOG"
+digest=$(printf 'cd%.0s' $(seq 32))
+case " $* " in
+  *" prepare "*) printf 'REGISTRY myws.registry.example\nTOKEN acr-token\n' ;;
+  *" inspect --format {{.Id}} "*) echo "sha256:$(printf 'ab%.0s' $(seq 32))" ;;
+  *" inspect --format {{range .RepoDigests}}"*) echo "myws.registry.example/cifar10-trainer@sha256:$digest" ;;
+  *" login "*) cat >/dev/null ;;
+esac
+"""
+
+
+def test_make_submit_to_azure_starts_two_containers_and_pushes_from_the_host(worktree, tmp_path):
+    """Check and log in, push from the host, register and submit: one container each for the first and
+    the last (it was five: check-source, login, registry, acr-token, run)."""
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    shim.write_text(FAKE_DOCKER)
+    shim.chmod(0o755)
+    log = tmp_path / "docker.log"
+    path = f"{shim.parent}:{os.environ['PATH']}"
+    r = submit_sh(worktree, "", PATH=path, CONTAINER_LOG=str(log), REGISTRY="")
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    started = [c for c in calls if f" {c} ".count(" run ")]
+    assert [c.split()[-1] if "prepare" in c else c.split()[-2:] for c in started] == [
+        "prepare",
+        ["--image", f"myws.registry.example/cifar10-trainer:norev-dirty-{'ab' * 6}@sha256:{'cd' * 32}"],
+    ], calls
+    assert any(c.startswith("login myws.registry.example") for c in calls) and any(c.startswith("push") for c in calls)
+    assert "timing: check and login " in r.stderr and ", register and submit " in r.stderr
