@@ -1,7 +1,7 @@
 """SDK v1 adapter (azureml-core): an Intent as a ScriptRunConfig, and its submission.
 
 Same functions as aml_v2.py: credential, connect, registry_id, token, build_job, describe,
-compute, submit. azureml is imported inside them: importing this module costs nothing.
+check_registry, compute, upload, submit. azureml is imported inside them: importing this module costs nothing.
 """
 
 import os
