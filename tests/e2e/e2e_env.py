@@ -1,7 +1,9 @@
-"""What the end-to-end tests share: the images under test, the UID runs end up as, how compose and
-make submit are run."""
+"""What the end-to-end tests share: the images under test, the UID runs end up as, the folders a run
+mounts, the trainer's loss lines, and how compose, docker and make submit are run (the registry is
+conftest's session fixture, served by local_registry.py)."""
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +14,28 @@ IMAGE_SUBMIT_V2 = os.environ.get("IMAGE_SUBMIT_V2", "cifar10-trainer-submit-v2:l
 # The image starts as root and drops to the owner of ./outputs (docs/runtime.md): tests running as root
 # hand their folders to an arbitrary UID, as OpenShift and some CI runners assign; others keep their own.
 UID = 4242 if os.getuid() == 0 else os.getuid()
+LOSS_LINE = re.compile(r"^epoch=\d+, batch= *\d+: loss \d+\.\d\d$", re.M)  # the tutorial's own line
+TESTS_MOUNT = f"{ROOT / 'tests'}:/app/tests:ro"  # the fixture and train_on_fixture.py, inside the image
+
+
+def make_dirs(root):
+    """root/data, outputs, checkpoints, owned by UID: the container runs as the owner of the output
+    folder, as it would for that host user (compose mounts them at /work/data, outputs, checkpoints)."""
+    os.chmod(root, 0o755)
+    made = {}
+    for name in ("data", "outputs", "checkpoints"):
+        made[name] = root / name
+        made[name].mkdir()
+        os.chown(made[name], UID, UID)
+    return made
+
+
+def compose(env, *args, timeout=600, check=True):
+    """`docker compose ARGS` in the repository with `env`; asserts it exited 0 unless check=False."""
+    cmd = ["docker", "compose", *args]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert not check or r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return r
 
 
 def compose_env(dirs):

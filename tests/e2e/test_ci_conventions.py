@@ -19,13 +19,11 @@ These need the image's default user to be root (docs/runtime.md).
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from e2e_env import IMAGE
+from e2e_env import IMAGE, ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 # The uid GitHub's and Azure's hosted runners run as, owner of the checkout (the tests' own uid where
 # they do not run as root, as on a hosted runner); GitLab's helper clones as root.
 RUNNER_UID = 1001 if os.getuid() == 0 else os.getuid()

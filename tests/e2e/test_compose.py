@@ -8,22 +8,13 @@ import json
 import os
 import re
 import subprocess
-from pathlib import Path
 
-from e2e_env import IMAGE, UID, compose_env
-
-ROOT = Path(__file__).resolve().parents[2]
-LOSS_LINE = re.compile(r"^epoch=\d+, batch= *\d+: loss \d+\.\d\d$", re.M)
+import e2e_env
+from e2e_env import IMAGE, LOSS_LINE, ROOT, TESTS_MOUNT, UID, compose_env
 
 
 def compose(dirs, *args, timeout=600, check=True):
-    env = compose_env(dirs)
-    result = subprocess.run(
-        ["docker", "compose", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
+    return e2e_env.compose(compose_env(dirs), *args, timeout=timeout, check=check)
 
 
 def test_the_same_compose_run_twice_keeps_both_runs_owned_by_the_user(dirs):
@@ -130,7 +121,7 @@ def test_plain_docker_run_with_arbitrary_uid_and_read_only_root(dirs):
 def test_real_format_cifar_files_through_compose(dirs):
     # The fixture is written inside the image (numpy lives there), as UID into the data mount;
     # a command instead of flags also shows the entrypoint running commands as Azure ML needs.
-    tests = f"{ROOT / 'tests'}:/app/tests:ro"
+    tests = TESTS_MOUNT
     compose(dirs, "run", "--rm", "-v", tests, "train", "python", "/app/tests/cifar_fixture.py", "/work/data", "100")
     assert (dirs["data"] / "cifar-10-batches-py" / "data_batch_5").is_file()
     r = compose(

@@ -8,15 +8,11 @@ container resumes from it and finishes.
 """
 
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from e2e_env import compose_env
+from e2e_env import TESTS_MOUNT, compose, compose_env
 
-ROOT = Path(__file__).resolve().parents[2]
-TESTS = f"{ROOT / 'tests'}:/app/tests:ro"
 # A checkpoint is ~500 KB (weights + momentum), model.pt ~250 KB, metrics.jsonl a few KB.
 FULL = {  # what fills up: (folder, tmpfs bytes, flags, the flag naming the folder)
     "checkpoint": ("checkpoints", 1_300_000, "--checkpoint-every 10", "--checkpoint-dir"),  # room for 2, not 3
@@ -41,12 +37,7 @@ def compose_run(dirs, tmp_path, mount, *args):
     train service's mount at the same target."""
     override = tmp_path / "mount.yaml"
     override.write_text(f"services:\n  train:\n    volumes:\n      - {mount}\n")
-    r = subprocess.run(
-        ["docker", "compose", "-f", "compose.yaml", "-f", str(override), "run", "--rm", *args],
-        cwd=ROOT, env=compose_env(dirs), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
+    return compose(compose_env(dirs), "-f", "compose.yaml", "-f", str(override), "run", "--rm", *args).stdout
 
 
 @pytest.mark.parametrize("filling", FULL)
@@ -77,13 +68,13 @@ def test_a_full_disk_is_one_line_exit_1_and_the_previous_checkpoint_resumes(fill
 def test_a_read_only_data_mount_holding_only_the_archive_trains_and_stays_untouched(dirs, tmp_path):
     writable = f"{{type: bind, source: {dirs['data']}, target: /work/data}}"
     make_archive = "python /app/tests/cifar_fixture.py data 20 --archive".split()
-    compose_run(dirs, tmp_path, writable, "-v", TESTS, "train", *make_archive)
+    compose_run(dirs, tmp_path, writable, "-v", TESTS_MOUNT, "train", *make_archive)
     before = {p.name: p.stat().st_mtime_ns for p in dirs["data"].iterdir()}
     assert list(before) == ["cifar-10-python.tar.gz"]
 
     read_only = f"{{type: bind, source: {dirs['data']}, target: /work/data, read_only: true}}"
     train = "/app/tests/e2e/train_on_fixture.py --epochs 1 --log-interval 25 --no-download".split()
-    out = compose_run(dirs, tmp_path, read_only, "-v", TESTS, "--entrypoint", "python", "train", *train)
+    out = compose_run(dirs, tmp_path, read_only, "-v", TESTS_MOUNT, "--entrypoint", "python", "train", *train)
     assert "data: extracted data/cifar-10-python.tar.gz into /tmp/cifar10-extracted" in out
     assert "Finished Training" in out
     assert {p.name: p.stat().st_mtime_ns for p in dirs["data"].iterdir()} == before

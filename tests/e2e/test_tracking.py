@@ -18,28 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from e2e_env import IMAGE
+import e2e_env
+from e2e_env import IMAGE, ROOT, TESTS_MOUNT, UID, make_dirs
 
-ROOT = Path(__file__).resolve().parents[2]
 IMAGE_MLFLOW = os.environ.get("IMAGE_MLFLOW", "cifar10-mlflow:local")
 IMAGE_BROWSER = os.environ.get("IMAGE_BROWSER", "cifar10-browser:local")
 ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", ROOT / "outputs" / "e2e"))
-# The container runs as the owner of ./outputs: root hands the folders to an arbitrary uid.
-UID = 4242 if os.getuid() == 0 else os.getuid()
 EXPERIMENT = "e2e-tracking"
 SEEDS = (1, 2)
 # 2,000 learnable images, 500 steps an epoch: the loss starts falling in the third epoch.
 TRAIN = ["--epochs", "4", "--log-interval", "100", "--no-download"]
-TESTS = f"{ROOT / 'tests'}:/app/tests:ro"
 
 
 def environment(tmp, project, **extra):
     """compose's environment: this test's own project (so its own network and volume) and folders."""
-    dirs = {}
-    for name in ("data", "outputs", "checkpoints"):
-        dirs[name] = tmp / name
-        dirs[name].mkdir()
-        os.chown(dirs[name], UID, UID)
+    dirs = make_dirs(tmp)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(
         COMPOSE_PROJECT_NAME=project,
@@ -58,11 +51,7 @@ def environment(tmp, project, **extra):
 
 
 def compose(env, *args, timeout=900, check=True):
-    cmd = ["docker", "compose", "--profile", "tracking", "--profile", "browser", *args]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
-    return r
+    return e2e_env.compose(env, "--profile", "tracking", "--profile", "browser", *args, timeout=timeout, check=check)
 
 
 def api(url, path, body=None, **query):
@@ -89,13 +78,13 @@ def server(tmp_path_factory):
         compose(env, "up", "-d", "--wait", "mlflow", timeout=300)
         url = "http://" + compose(env, "port", "mlflow", "5000").stdout.strip()
         fixture = ["python", "/app/tests/cifar_fixture.py", "/work/data", "400", "--learnable"]
-        compose(env, "run", "--rm", "-v", TESTS, "train", *fixture)
+        compose(env, "run", "--rm", "-v", TESTS_MOUNT, "train", *fixture)
         runs = {}
         for seed in SEEDS:
             where = ["--output-dir", f"outputs/seed{seed}", "--checkpoint-dir", f"checkpoints/seed{seed}"]
             r = compose(
                 {**env, "MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_EXPERIMENT_NAME": EXPERIMENT},
-                "run", "--rm", "-v", TESTS, "train", "python", "/app/tests/e2e/train_on_fixture.py",
+                "run", "--rm", "-v", TESTS_MOUNT, "train", "python", "/app/tests/e2e/train_on_fixture.py",
                 *TRAIN, "--seed", str(seed), *where,
             )  # fmt: skip
             assert "tracking off" not in r.stderr, r.stderr

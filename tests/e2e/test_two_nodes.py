@@ -3,15 +3,13 @@
 import json
 import os
 import re
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
+import e2e_env
 from e2e_env import compose_env
 
-ROOT = Path(__file__).resolve().parents[2]
 NODES = ("node0", "node1")
 ARGS = "--epochs 1 --fake-data 8000 --batch-size 8 --log-interval 100 --checkpoint-every 200 --resume auto"
 
@@ -22,16 +20,8 @@ def cluster(dirs, tmp_path):
     project = f"cifar10-two-nodes-{os.getpid()}"
 
     def compose(*args, args_for_train=ARGS, check=True, timeout=600):
-        r = subprocess.run(
-            ["docker", "compose", "-p", project, "--profile", "ddp", *args],
-            cwd=ROOT,
-            env={**env, "DDP_ARGS": args_for_train},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        assert not check or r.returncode == 0, r.stdout + r.stderr
-        return r
+        ddp_env = {**env, "DDP_ARGS": args_for_train}
+        return e2e_env.compose(ddp_env, "-p", project, "--profile", "ddp", *args, check=check, timeout=timeout)
 
     yield compose, tmp_path
     compose("down", "--timeout", "5", check=False)
