@@ -4,20 +4,30 @@
 
 Reads the job only from the SDK's own serialization in PLAN.json (v1 runConfiguration, v2 command
 job), never from make's variables: the image by digest, pulled from its registry; the snapshot
-(src/ after .amlignore, as listed in the plan) copied into a working directory the container's
-user did not create; the interpreter, script and arguments with $AZUREML_DATAREFERENCE_<name>,
-${{inputs.<name>}} and ${{outputs.<name>}} replaced by mount paths; datastore folders mounted
-(read-only for ro_mount); the job's environment variables, shm size and docker arguments; the
-variables Azure ML sets for a run; for PyTorch distribution one container per rank on one docker
-network with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK.
+(src/ after .amlignore, as listed in the plan) copied into each node's working directory; the
+interpreter, script and arguments with $AZUREML_DATAREFERENCE_<name>, ${{inputs.<name>}} and
+${{outputs.<name>}} replaced by mount paths; datastore folders mounted (read-only for ro_mount); the
+job's environment variables, shm size and docker arguments; the variables Azure ML sets for a run;
+one container per node (all of its ranks inside, one hostname) on one docker network, each process
+with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK. When the job ends, node
+0's ./outputs is copied out, as Azure ML uploads it.
 
-Environment: LOCAL_DATASTORE (default .): the host folder that stands for the datastores, so
-DATA_PATH=data mounts ./data; OUTPUTS_DIR (default ./outputs): the run's ./outputs lands in
-OUTPUTS_DIR/local-<run id>/, owned by OUTPUTS_DIR's owner, like a downloaded run;
-LOCAL_USER=root starts the containers as root (default: the image's user); LOCAL_ENTRYPOINT=bypass
-runs the interpreter as the entrypoint (default: the image's entrypoint gets the command);
-MLFLOW_TRACKING_URI, if set, is passed on. Standard library only: it runs on the host, beside Docker.
-Timings go to stderr.
+How Azure ML starts a custom image is not documented (docs/runtime.md), so each plausible way is a setting:
+  LOCAL_START=entrypoint (default): the image's entrypoint gets the command; bypass: the interpreter is
+    the entrypoint (LOCAL_ENTRYPOINT=bypass, the older name, still works); exec: the container starts
+    with no command (the entrypoint idles) and each rank is `docker exec`ed into it.
+  LOCAL_USER=image (default: no --user, so root, and the entrypoint drops to the owner of ./outputs);
+    root (--user 0:0); a uid such as 9000 (--user 9000:9000, as Azure ML's Singularity compute runs jobs).
+  LOCAL_OUTPUTS=host (default for LOCAL_USER=image): ./outputs and the working directory belong to
+    OUTPUTS_DIR's owner, as compose mounts a laptop's folders; job (default otherwise): the working
+    directory is root's and ./outputs the job user's, as a platform would make them; absent: the
+    working directory is root's and there is no ./outputs (the trainer creates it, or says in one
+    line why it cannot).
+Also: LOCAL_DATASTORE (default .): the host folder that stands for the datastores, so DATA_PATH=data
+mounts ./data; OUTPUTS_DIR (default ./outputs): the run's ./outputs lands in OUTPUTS_DIR/local-<run id>/,
+owned by OUTPUTS_DIR's owner, like a downloaded run. The trackers' services are a local stand-in
+(azure/standin.py, in IMAGE_MLFLOW): what they received lands in the run's outputs as tracker.json.
+Standard library only: it runs on the host, beside Docker. Timings go to stderr.
 """
 
 import json
@@ -25,26 +35,39 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
+import tarfile
 import threading
 import time
 import uuid
+from io import BytesIO
 from pathlib import Path
+
+import standin
+
+import local_workspace
 
 WD = "/mnt/azureml/wd"  # the job's working directory in the container
 DATA = "/mnt/azureml/data"  # where datastore folders are mounted
 MASTER_PORT = "29500"  # not documented for Azure ML; torch's default
 # Set by Azure ML for every run; azureml-core's Run.get_context() reads them (azureml/core/run.py,
-# Run._load_scope). AZUREML_RUN_TOKEN and AZUREML_SERVICE_ENDPOINT are left out: with no service to
-# answer, Run.get_context() then falls back to its offline run, as on a laptop.
+# Run._load_scope). AZUREML_RUN_TOKEN and the service endpoints come from the tracking stand-in.
 WORKSPACE = {
     "AZUREML_ARM_SUBSCRIPTION": "00000000-0000-0000-0000-000000000000",
     "AZUREML_ARM_RESOURCEGROUP": "local",
     "AZUREML_ARM_WORKSPACE_NAME": "local",
 }
+# A node's ranks, all started inside its one container (LOCAL_START=entrypoint or bypass with
+# PROCS_PER_NODE > 1), as Azure ML's runtime starts process_count_per_instance processes on a node.
+# $1: the number of ranks; NODE_RANK comes from the container. The first failure is the exit code.
+LAUNCHER = """n=$1; shift; pids=
+for i in $(seq 0 $((n - 1))); do RANK=$((NODE_RANK * n + i)) LOCAL_RANK=$i "$@" & pids="$pids $!"; done
+trap 'kill $pids 2>/dev/null' TERM INT
+code=0
+for p in $pids; do wait "$p" || { c=$?; [ "$code" != 0 ] || code=$c; }; done
+exit "$code"
+"""
 
 
 class LocalRunError(Exception):
@@ -68,6 +91,7 @@ def job_v1(plan):
         if ref["mode"] != "mount":
             raise LocalRunError(f"data reference {name}: mode {ref['mode']} is not rehearsed here (only mount)")
         mounts[name] = (ref["pathOnDataStore"].strip("/"), False, f"$AZUREML_DATAREFERENCE_{name}")
+    mounts.update(local_workspace.named_inputs(plan))  # DATA_PATH: a FileDataset, as the tutorial's part 4
     pytorch = rc["framework"] == "PyTorch"
     return {
         "experiment": plan["experiment"],
@@ -108,13 +132,10 @@ def job_v2(plan):
 
 
 def run_variables(sdk, run_id, experiment):
-    """What Azure ML sets in every run's container (names from azureml-core and azureml-mlflow)."""
+    """What Azure ML sets in every run's container (names from azureml-core's RunEnvVars), v1 and v2
+    alike; the tracking stand-in adds its service's (standin.prepare_v1 and prepare_v2)."""
     env = {"AZUREML_RUN_ID": run_id, "AZUREML_ARM_PROJECT_NAME": experiment, **WORKSPACE}
     env["AZUREML_EXPERIMENT_ID"] = str(uuid.uuid5(uuid.NAMESPACE_URL, experiment))
-    if sdk == "v2":
-        env["MLFLOW_EXPERIMENT_NAME"] = experiment  # azureml/mlflow/_internal/utils.py reads it
-    if os.environ.get("MLFLOW_TRACKING_URI"):  # a local MLflow server stands in for the workspace's
-        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
     return env
 
 
@@ -132,20 +153,62 @@ def rank_variables(job, rank, master):
     }
 
 
-def prepare(job, run_id, datastore, outputs, snapshot):
-    """Host folders: the working directory with the snapshot, the run's outputs, the mounts.
-    Returns (working directory, -v flags, argv with mount paths)."""
-    wd = Path(tempfile.mkdtemp(prefix=f"azureml-{run_id}-"))
-    source = Path(snapshot["source_directory"])
-    for rel in snapshot["paths"]:
-        (wd / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / rel, wd / rel)
-    wd.chmod(0o755)  # made by the host user: the container's user may not write here
-    outputs.mkdir(parents=True)
-    owner = outputs.parent.stat()
-    os.chown(outputs, owner.st_uid, owner.st_gid)
-    volumes = ["-v", f"{wd}:{WD}", "-v", f"{outputs.resolve()}:{WD}/outputs"]
-    argv = list(job["argv"])
+def settings():
+    """LOCAL_START, LOCAL_USER and LOCAL_OUTPUTS (see the module's docstring), checked once."""
+    older = "bypass" if os.environ.get("LOCAL_ENTRYPOINT") == "bypass" else "entrypoint"
+    start = os.environ.get("LOCAL_START") or older
+    user = os.environ.get("LOCAL_USER") or "image"
+    outputs = os.environ.get("LOCAL_OUTPUTS") or ("host" if user == "image" else "job")
+    if start not in ("entrypoint", "bypass", "exec"):
+        raise LocalRunError(f"LOCAL_START={start}: use entrypoint (the default), bypass or exec")
+    if user not in ("image", "root") and not user.isdigit():
+        raise LocalRunError(f"LOCAL_USER={user}: use image (the default), root, or a numeric uid such as 9000")
+    if outputs not in ("host", "job", "absent"):
+        raise LocalRunError(f"LOCAL_OUTPUTS={outputs}: use host, job or absent")
+    uid = None if user == "image" else 0 if user == "root" else int(user)
+    return {"start": start, "user": user, "outputs": outputs, "uid": uid}
+
+
+def owners(setting, host):
+    """(owner of the working directory, owner of ./outputs or None when absent), each (uid, gid)."""
+    if setting["outputs"] == "host":  # a laptop's folders: the entrypoint drops to their owner
+        return host, host
+    job_user = (0, 0) if setting["uid"] is None else (setting["uid"], setting["uid"])
+    return (0, 0), job_user if setting["outputs"] == "job" else None
+
+
+def staging(snapshot, wd_owner, outputs_owner):
+    """A tar of azureml/wd/ (the snapshot, and ./outputs unless absent) for `docker cp -`, which keeps
+    the owners written here: nothing is chowned on the host, so no root is needed there."""
+    source, buf = Path(snapshot["source_directory"]), BytesIO()
+    folders = sorted({str(d) for rel in snapshot["paths"] for d in Path(rel).parents} - {"."})
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(folder("azureml", (0, 0)))
+        tar.addfile(folder("azureml/wd", wd_owner))
+        for name in folders:
+            tar.addfile(folder(f"azureml/wd/{name}", wd_owner))
+        for rel in snapshot["paths"]:
+            with open(source / rel, "rb") as f:
+                tar.addfile(owned(tar.gettarinfo(source / rel, f"azureml/wd/{rel}"), wd_owner), f)
+        if outputs_owner:
+            tar.addfile(folder("azureml/wd/outputs", outputs_owner))
+    return buf.getvalue()
+
+
+def folder(name, owner):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    return owned(info, owner)
+
+
+def owned(info, owner):
+    info.uid, info.gid, info.uname, info.gname = *owner, "", ""
+    return info
+
+
+def mounts(job, datastore):
+    """-v flags for the datastore folders, and the argv with mount paths in place of the placeholders."""
+    volumes, argv = [], list(job["argv"])
     for name, (path, read_only, placeholder) in job["mounts"].items():
         host = (datastore / path).resolve()
         if read_only and not host.is_dir():
@@ -153,18 +216,64 @@ def prepare(job, run_id, datastore, outputs, snapshot):
         host.mkdir(parents=True, exist_ok=True)
         volumes += ["-v", f"{host}:{DATA}/{name}" + (":ro" if read_only else "")]
         argv = [a.replace(placeholder, f"{DATA}/{name}") for a in argv]
-    return wd, volumes, argv
+    return volumes, argv
 
 
-def docker_run(job, name, env, volumes, network, command):
-    """`docker run` of one process of the job, as the image's user or root, through its entrypoint or not."""
-    docker = ["docker", "run", "--rm", "--name", name, "--shm-size", job["shm_size"], "-w", WD, *volumes]
+def node_env(job, plan, run_id, node, master):
+    """A node's container environment: the job's variables, the run's, and torch.distributed's for the
+    node's first rank (its other ranks set their own RANK and LOCAL_RANK)."""
+    env = {**job["environment"], **run_variables(plan["sdk"], run_id, job["experiment"])}
+    if job["processes"] > 1:
+        env.update(rank_variables(job, node * (job["processes"] // job["nodes"]), master))
+    env.update({f"AZUREML_DATAREFERENCE_{n}": f"{DATA}/{n}" for n in job["mounts"] if plan["sdk"] == "v1"})
+    return env
+
+
+def create_node(job, setting, name, env, volumes, network, command):
+    """`docker create` of one node's container, as LOCAL_USER, with what LOCAL_START gives it to run."""
+    # The working directory is a volume of its own: a mount, as Azure ML's is (the trainer warns about
+    # outputs written into the container's own file system), removed with the container.
+    docker = ["docker", "create", "--name", name, "--shm-size", job["shm_size"], "-w", WD, "-v", WD, *volumes]
     docker += [a for k, v in env.items() for a in ("-e", f"{k}={v}")] + job["docker_args"]
     docker += ["--network", network] if network else []
-    docker += ["--user", "0:0"] if os.environ.get("LOCAL_USER") == "root" else []
-    if os.environ.get("LOCAL_ENTRYPOINT") == "bypass":
-        return docker + ["--entrypoint", command[0], job["image"], *command[1:]]
-    return docker + [job["image"], *command]
+    docker += ["--user", f"{setting['uid']}:{setting['uid']}"] if setting["uid"] is not None else []
+    per_node = job["processes"] // job["nodes"]
+    if per_node > 1:  # one container, all of the node's ranks
+        command = ["sh", "-c", LAUNCHER, "launcher", str(per_node), *command]
+    if setting["start"] == "exec":  # no command: with the run's variables set, the entrypoint idles
+        docker += [job["image"]]
+    elif setting["start"] == "bypass":
+        docker += ["--entrypoint", command[0], job["image"], *command[1:]]
+    else:
+        docker += [job["image"], *command]
+    subprocess.run(docker, check=True, stdout=subprocess.DEVNULL)
+
+
+def exec_rank(setting, name, rank, per_node, command):
+    """`docker exec` of one rank into its node's idle container (LOCAL_START=exec)."""
+    docker = ["docker", "exec", "-w", WD, "-e", f"RANK={rank}", "-e", f"LOCAL_RANK={rank % per_node}"]
+    docker += ["-u", f"{setting['uid']}:{setting['uid']}"] if setting["uid"] is not None else []
+    return docker + [name, *command]
+
+
+def popen(argv):
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def start_nodes(job, setting, names, command):
+    """Start each node's container; [(process, prefix)] for each output stream to follow."""
+    per_node = job["processes"] // job["nodes"]
+    streams = []
+    for node, name in enumerate(names):
+        if setting["start"] != "exec":
+            streams.append((popen(["docker", "start", "--attach", name]), f"[node {node}] " if node else ""))
+            continue
+        subprocess.run(["docker", "start", name], check=True, stdout=subprocess.DEVNULL)
+        for rank in range(node * per_node, (node + 1) * per_node):
+            streams.append(
+                (popen(exec_rank(setting, name, rank, per_node, command)), f"[rank {rank}] " if rank else "")
+            )
+    return streams
 
 
 def forward(stream, prefix, first_line):
@@ -174,18 +283,53 @@ def forward(stream, prefix, first_line):
         sys.stdout.flush()
 
 
-def main(argv=None):
-    plan_file = (argv or sys.argv[1:] or [None])[0]
-    if not plan_file:
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
-        return 2
-    plan = json.loads(Path(plan_file).read_text())
-    job = (job_v2 if plan["sdk"] == "v2" else job_v1)(plan)
-    run_id = f"{job['experiment']}_{int(time.time())}_{secrets.token_hex(4)}"
-    outputs = Path(os.environ.get("OUTPUTS_DIR", "outputs")) / f"local-{run_id}"
-    datastore = Path(os.environ.get("LOCAL_DATASTORE", "."))
-    wd, volumes, command = prepare(job, run_id, datastore, outputs, plan["snapshot"])
-    network = f"azureml-{run_id}".lower() if job["processes"] > 1 else None
+def follow(streams):
+    """Forward every stream until its process ends; (exit codes, when the first stream printed or None)."""
+    first = [{} for _ in streams]
+    threads = [
+        threading.Thread(target=forward, args=(p.stdout, prefix, f))
+        for (p, prefix), f in zip(streams, first, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    codes = [p.wait() for p, _ in streams]
+    for t in threads:
+        t.join()
+    return codes, first[0].get("t")
+
+
+def collect(name, dest, owner):
+    """Azure ML uploads ./outputs when the job ends: copy node 0's into dest, owned by `owner` as a
+    downloaded run would be. Returns the uids that wrote its files (who the trainer ran as)."""
+    dest.mkdir(parents=True)
+    cp = subprocess.Popen(
+        ["docker", "cp", f"{name}:{WD}/outputs", "-"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    writers = set()
+    try:
+        with tarfile.open(fileobj=cp.stdout, mode="r|") as tar:
+            for member in tar:
+                writers |= {member.uid} if member.isfile() else set()
+                member.name = member.name.partition("/")[2]  # outputs/x -> x
+                if member.name:
+                    tar.extract(member, dest, filter="data")
+    except tarfile.ReadError:  # no ./outputs: the job never made one
+        pass
+    cp.wait()
+    if os.geteuid() == 0:
+        for path in [dest, *dest.rglob("*")]:
+            os.chown(path, *owner)
+    return writers
+
+
+def run_nodes(plan, job, setting, run_id, volumes, command, outputs):
+    """Pull, one container per node, run the job in them, copy ./outputs out, remove them.
+    Returns (exit code, pull seconds, start seconds, training seconds, uids that wrote ./outputs)."""
+    names = [f"azureml-{run_id}-{node}".lower() for node in range(job["nodes"])]
+    network = f"azureml-{run_id}".lower()  # always: the tracking stand-in (standin.py) is on it too
+    outputs.parent.mkdir(parents=True, exist_ok=True)
+    host = (outputs.parent.stat().st_uid, outputs.parent.stat().st_gid)
+    tracker = None
     try:
         start = time.monotonic()
         if subprocess.run(["docker", "pull", "--quiet", job["image"]], stdout=subprocess.DEVNULL).returncode:
@@ -193,37 +337,52 @@ def main(argv=None):
         pulled = time.monotonic()
         if network:
             subprocess.run(["docker", "network", "create", network], check=True, stdout=subprocess.DEVNULL)
-        names = [f"{network or 'azureml-' + run_id.lower()}-{rank}" for rank in range(job["processes"])]
-        procs, threads, first = [], [], [{} for _ in names]
-        print(f"run {run_id}: {shlex.join(command)}", file=sys.stderr)
-        for rank, name in enumerate(names):
-            env = {**job["environment"], **run_variables(plan["sdk"], run_id, job["experiment"])}
-            if network:
-                env.update(rank_variables(job, rank, names[0]))
-            env.update({f"AZUREML_DATAREFERENCE_{n}": f"{DATA}/{n}" for n in job["mounts"] if plan["sdk"] == "v1"})
-            docker = docker_run(job, name, env, volumes, network, command)
-            p = subprocess.Popen(docker, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            prefix = f"[rank {rank}] " if rank else ""
-            threads.append(threading.Thread(target=forward, args=(p.stdout, prefix, first[rank])))
-            threads[-1].start()
-            procs.append(p)
-        codes = [p.wait() for p in procs]
-        for t in threads:
-            t.join()
+        tracker, tracking = standin.start(plan["sdk"], run_id, job["experiment"], network)
+        wd = staging(plan["snapshot"], *owners(setting, host))
+        for node, name in enumerate(names):
+            env = {**node_env(job, plan, run_id, node, names[0]), **tracking}
+            create_node(job, setting, name, env, volumes, network, command)
+            # A tar on stdin keeps its owners (no --archive: that would chown all to the container's --user)
+            subprocess.run(["docker", "cp", "-", f"{name}:/mnt"], input=wd, check=True)
+        codes, began = follow(start_nodes(job, setting, names, command))
         end = time.monotonic()
+        writers = collect(names[0], outputs, host)
     finally:
-        shutil.rmtree(wd, ignore_errors=True)
+        subprocess.run(["docker", "rm", "-fv", *names], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if tracker:  # what the tracker's service received, beside what the job wrote (docs/runtime.md)
+            standin.stop(tracker, outputs / "tracker.json" if outputs.is_dir() else None)
         if network:
             subprocess.run(["docker", "network", "rm", network], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    began = first[0].get("t", end)
+    began = began or end
+    return next((c for c in codes if c), 0), pulled - start, began - pulled, end - began, writers
+
+
+def main(argv=None):
+    plan_file = (argv or sys.argv[1:] or [None])[0]
+    if not plan_file:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    setting = settings()
+    plan = json.loads(Path(plan_file).read_text())
+    job = (job_v2 if plan["sdk"] == "v2" else job_v1)(plan)
+    run_id = f"{job['experiment']}_{int(time.time())}_{secrets.token_hex(4)}"
+    outputs = Path(os.environ.get("OUTPUTS_DIR", "outputs")) / f"local-{run_id}"
+    volumes, command = mounts(job, Path(os.environ.get("LOCAL_DATASTORE", ".")))
+    print(f"run {run_id}: {shlex.join(command)}", file=sys.stderr)
+    print(
+        "rehearsing: " + " ".join(f"LOCAL_{k.upper()}={setting[k]}" for k in ("start", "user", "outputs")),
+        file=sys.stderr,
+    )
+    code, pull, start, training, writers = run_nodes(plan, job, setting, run_id, volumes, command, outputs)
     push = os.environ.get("PUSH_SECONDS")
     print(
         "timing: "
         + (f"push {float(push):.1f} s, " if push else "")
-        + f"pull {pulled - start:.1f} s, container start {began - pulled:.1f} s, training {end - began:.1f} s",
+        + f"pull {pull:.1f} s, container start {start:.1f} s, training {training:.1f} s",
         file=sys.stderr,
     )
-    code = next((c for c in codes if c), 0)
+    if writers:
+        print(f"run {run_id}: ./outputs written as uid {', '.join(map(str, sorted(writers)))}", file=sys.stderr)
     print(f"run {run_id} ended {code}: outputs in {outputs}/", file=sys.stderr)
     return code
 

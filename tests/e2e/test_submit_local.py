@@ -1,17 +1,21 @@
 """`make submit COMPUTE=local`: the very job the dry run prints, run with Docker the way AmlCompute
-runs it, the image pulled by digest from a registry on 127.0.0.1; both SDKs, one node and two, as
-the image's own user, as root, and with the image's entrypoint bypassed (which one Azure ML does is
-not documented: each must work)."""
+runs it, the image pulled by digest from a registry on 127.0.0.1. How Azure ML starts a custom image
+is not documented (docs/runtime.md), so the rehearsal runs it every plausible way: SDK v1 and v2, one
+node and two, one rank per node and two (in one container), as the image's user, as root and as uid
+9000, through the entrypoint, with the entrypoint bypassed and `docker exec`ed into an idle container,
+with ./outputs made for the host user, for the job's user, or not at all."""
 
+import io
 import json
 import os
 import shlex
 import shutil
 import subprocess
+import tarfile
 
 import pytest
 
-from e2e_env import IMAGE, ROOT, copy_submit_tree, submit_env, submit_sh
+from e2e_env import IMAGE, ROOT, UID, copy_submit_tree, submit_env, submit_sh
 
 FAST = "--epochs 1 --fake-data 64 --batch-size 8"
 DATA = "/mnt/azureml/data"  # where azure/local_run.py mounts datastore folders
@@ -19,8 +23,11 @@ DATA = "/mnt/azureml/data"  # where azure/local_run.py mounts datastore folders
 
 @pytest.fixture(scope="module")
 def worktree(tmp_path_factory):
-    """A copy of what `make submit` reads, with an outputs folder and a datastore folder."""
-    return copy_submit_tree(tmp_path_factory.mktemp("worktree"), "outputs", "datastore")
+    """A copy of what `make submit` reads, with a datastore folder and an outputs folder owned by UID (so that,
+    run as root, the entrypoint's drop to the owner of ./outputs is exercised too)."""
+    tree = copy_submit_tree(tmp_path_factory.mktemp("worktree"), "outputs", "datastore")
+    os.chown(tree / "outputs", UID, UID)
+    return tree
 
 
 @pytest.fixture(scope="module")
@@ -81,26 +88,76 @@ def assert_ran_with(config, args):
             assert str(config[key]) == str(value), (key, config[key], value)
 
 
-@pytest.mark.parametrize("user", ["image", "root"])
-@pytest.mark.parametrize("sdk,nodes", [("v1", 1), ("v2", 1), ("v1", 2), ("v2", 2)])
-def test_the_dry_runs_job_runs_locally_and_records_the_pushed_digest(worktree, registry, pushed, sdk, nodes, user):
-    env = {"SDK": sdk, "NODES": str(nodes), "TRAIN_ARGS": FAST, **({"LOCAL_USER": "root"} if user == "root" else {})}
+# Issue 17: the matrix (SDK x nodes x ranks per node x LOCAL_USER x LOCAL_START x LOCAL_OUTPUTS) is covered
+# pairwise, not in full: user, start, shape and SDK follow an L9 orthogonal array (any two settings meet in
+# some case), ./outputs is spread over it. Last: the uid that wrote ./outputs (UID: the entrypoint dropped
+# to the owner of the host's folder; 0: root kept; 9000: the uid the job was started as).
+CASES = [  # sdk, nodes, ranks per node, LOCAL_USER, LOCAL_START, LOCAL_OUTPUTS ("": its default), writer
+    ("v1", 1, 1, "image", "entrypoint", "", UID),
+    ("v2", 2, 1, "image", "bypass", "job", 0),
+    ("v2", 1, 2, "image", "exec", "absent", 0),
+    ("v2", 2, 1, "root", "entrypoint", "absent", 0),
+    ("v1", 1, 2, "root", "bypass", "host", 0),
+    ("v2", 1, 1, "root", "exec", "", 0),
+    ("v2", 1, 2, "9000", "entrypoint", "", 9000),
+    ("v2", 1, 1, "9000", "bypass", "", 9000),
+    ("v1", 2, 2, "9000", "exec", "", 9000),
+]
+# uid 9000 cannot create the trainer's default ./checkpoints in a root-owned working directory: on Azure ML
+# such a job needs CHECKPOINT_PATH (a datastore folder) or a --checkpoint-dir it can write, such as /tmp.
+CHECKPOINTS_ELSEWHERE = " --checkpoint-dir /tmp/checkpoints"
+
+
+def config_line(stdout):
+    """The trainer's resolved configuration, from its `config: {...}` line (rank 0's)."""
+    return json.loads(next(line for line in stdout.splitlines() if line.startswith("config: "))[len("config: ") :])
+
+
+@pytest.mark.parametrize(
+    "sdk,nodes,procs,user,start,outputs_made,writer", CASES, ids=["-".join(map(str, c[:6])).strip("-") for c in CASES]
+)
+def test_the_dry_runs_job_runs_locally_and_records_the_pushed_digest(
+    worktree, registry, pushed, sdk, nodes, procs, user, start, outputs_made, writer
+):
+    train_args = FAST + (CHECKPOINTS_ELSEWHERE if user.isdigit() else "")
+    env = {"SDK": sdk, "NODES": str(nodes), "PROCS_PER_NODE": str(procs), "TRAIN_ARGS": train_args}
+    env |= {"LOCAL_USER": user, "LOCAL_START": start, **({"LOCAL_OUTPUTS": outputs_made} if outputs_made else {})}
     r, outputs = submit(worktree, registry, **env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert outputs is not None and outputs.name.startswith("local-day1-experiment-train_")
-    summary = json.loads((outputs / "summary.json").read_text())
+    (summary_file,) = outputs.rglob("summary.json")  # the trainer keeps a folder per run in ./outputs
+    summary = json.loads(summary_file.read_text())
     assert summary["image_ref"].startswith(f"{registry}/cifar10-trainer:")
     assert summary["image_ref"].endswith("@" + pushed)
-    assert summary["world_size"] == nodes
+    assert summary["world_size"] == nodes * procs
     assert_ran_with(summary["config"], trainer_args(dry_run(worktree, registry, **env)))
     assert "timing: push" in r.stderr and ", training " in r.stderr
+    assert f"./outputs written as uid {writer}\n" in r.stderr, r.stderr
+    if nodes * procs > 1:  # one container per node: its ranks share a hostname, as on Azure ML
+        assert config_line(r.stdout)["ranks_on_node"] == procs
 
 
-@pytest.mark.parametrize("sdk,nodes", [("v1", 1), ("v2", 2)])
-def test_the_job_also_runs_with_the_images_entrypoint_bypassed(worktree, registry, pushed, sdk, nodes):
-    r, outputs = submit(worktree, registry, SDK=sdk, NODES=str(nodes), TRAIN_ARGS=FAST, LOCAL_ENTRYPOINT="bypass")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert json.loads((outputs / "summary.json").read_text())["world_size"] == nodes
+def test_a_uid_without_a_writable_outputs_folder_stops_in_one_line(worktree, registry, pushed):
+    """uid 9000 over a root-owned working directory with no ./outputs made for it: the trainer cannot create
+    one, and says so in one line (exit 1) instead of training into nothing."""
+    env = {"TRAIN_ARGS": FAST + CHECKPOINTS_ELSEWHERE, "LOCAL_START": "bypass", "LOCAL_OUTPUTS": "absent"}
+    r, outputs = submit(worktree, registry, LOCAL_USER="9000", **env)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    errors = [line for line in r.stdout.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "outputs" in errors[0] and "--output-dir" in errors[0], r.stdout[-3000:]
+    assert "Traceback" not in r.stdout and not list(outputs.rglob("summary.json"))
+
+
+def test_the_rehearsals_settings_are_checked_before_anything_starts(worktree):
+    r = subprocess.run(
+        ["python3", "azure/local_run.py", "plan.json"],
+        cwd=worktree,
+        env={**environment(worktree, "unused"), "LOCAL_START": "attach"},
+        input="",
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and r.stderr == "error: LOCAL_START=attach: use entrypoint (the default), bypass or exec\n"
 
 
 HARNESS = """# Test harness only: torchvision checks the real CIFAR-10's md5s; expect the fixture's instead.
@@ -194,3 +251,43 @@ def test_compute_local_without_a_registry_is_one_clear_error_before_any_push(wor
     )
     assert r.returncode != 0 and "COMPUTE=local pulls the image by digest from a registry: set REGISTRY=" in r.stderr
     assert r.stderr.count("\n") == 1, r.stderr  # one line, before any container starts
+
+
+@pytest.mark.parametrize(
+    "env,wd_owner,outputs_owner",
+    [
+        ({}, (4242, 4343), (4242, 4343)),  # a laptop's folders: the entrypoint drops to their owner
+        ({"LOCAL_USER": "root"}, (0, 0), (0, 0)),
+        ({"LOCAL_USER": "9000"}, (0, 0), (9000, 9000)),  # uid 9000 over a root-owned working directory
+        ({"LOCAL_USER": "9000", "LOCAL_OUTPUTS": "absent"}, (0, 0), None),
+        ({"LOCAL_OUTPUTS": "job"}, (0, 0), (0, 0)),
+    ],
+)
+def test_the_working_directory_is_owned_as_the_settings_say(monkeypatch, env, wd_owner, outputs_owner):
+    import local_run
+
+    for name in ("LOCAL_START", "LOCAL_ENTRYPOINT", "LOCAL_USER", "LOCAL_OUTPUTS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    snapshot = {"source_directory": str(ROOT / "src"), "paths": ["train.py"]}
+    with tarfile.open(
+        fileobj=io.BytesIO(local_run.staging(snapshot, *local_run.owners(local_run.settings(), (4242, 4343))))
+    ) as tar:
+        owners = {m.name: (m.uid, m.gid) for m in tar.getmembers()}
+    expected = {"azureml": (0, 0), "azureml/wd": wd_owner, "azureml/wd/train.py": wd_owner}
+    assert owners == expected | ({"azureml/wd/outputs": outputs_owner} if outputs_owner else {})
+
+
+def test_a_nodes_launcher_starts_each_rank_and_fails_when_one_fails():
+    import local_run
+
+    def launch(rank_command, node_rank):
+        argv = ["sh", "-c", local_run.LAUNCHER, "launcher", "2", "sh", "-c", rank_command]
+        return subprocess.run(
+            argv, env={"NODE_RANK": node_rank, "PATH": os.environ["PATH"]}, capture_output=True, text=True
+        )
+
+    r = launch('echo "$RANK/$LOCAL_RANK"', "1")
+    assert r.returncode == 0 and sorted(r.stdout.split()) == ["2/0", "3/1"]
+    assert launch('exit "$LOCAL_RANK"', "0").returncode == 1  # rank 1 failed: so does the node
