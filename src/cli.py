@@ -104,7 +104,12 @@ def add_folders(add):
         "or ./outputs itself in an Azure ML job, which Azure ML uploads",
     )
     add("--overwrite", action="store_true", help="allow replacing a finished run's results in --output-dir")
-    add("--checkpoint-dir", type=folder, default="checkpoints", help="the run's checkpoints go to DIR/<run>/")
+    add(
+        "--checkpoint-dir",
+        type=folder,
+        help="the run's checkpoints go to DIR/<run>/; default: checkpoints (or, where it cannot be made, "
+        "a folder under $TMPDIR, said in one line)",
+    )
     add("--checkpoint-every", type=integer(0), default=2000, metavar="STEPS", help="also every STEPS steps; 0 = never")
     add(
         "--resume",

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from cli import recipe
 RUN_FILE = "run.json"  # in the output folder: the name of the run whose results it holds
 LATEST = "latest"  # outputs/latest -> the newest run's folder (by default only)
 DEFAULT_OUTPUTS = "outputs"
+DEFAULT_CHECKPOINTS = "checkpoints"
 NEW_RUN = "leave out --resume (or pass another --output-dir) for a new run"
 
 
@@ -37,6 +39,7 @@ class RunFolders:
     finished: str | None = None  # set when `--resume auto` found the run complete: why nothing is done
     new: bool = False  # a fresh start: create() claims out_dir
     overwrite: bool = False  # and may replace what an earlier run left there
+    ckpt_default: bool = True  # --checkpoint-dir not given: create() may fall back to $TMPDIR
 
     @property
     def ckpt_dir(self):
@@ -92,13 +95,13 @@ def point_latest(root, name):
 def plan(args, environ=os.environ):
     """Which run this is and where its files go, decided before any work and writing nothing:
     a bad folder or results that would be replaced unasked are refused here (OutputError)."""
-    ckpt_root = Path(args.checkpoint_dir)
+    ckpt_root = Path(args.checkpoint_dir or DEFAULT_CHECKPOINTS)
     given = Path(args.resume) if args.resume not in (None, "auto") else None
     azure_id = environ.get("AZUREML_RUN_ID")
     if args.output_dir is None and not azure_id:  # by default: the latest run, or a new folder
         name = latest_name(DEFAULT_OUTPUTS) if args.resume == "auto" else None
         found = name and continue_run(args, name, Path(DEFAULT_OUTPUTS) / name, ckpt_root)
-        return found or RunFolders(None, None, ckpt_root, given, new=True)
+        return found or RunFolders(None, None, ckpt_root, given, new=True, ckpt_default=not args.checkpoint_dir)
     out_dir = Path(args.output_dir or DEFAULT_OUTPUTS)
     name = safe(azure_id) if args.output_dir is None else read_name(out_dir)
     if name and args.resume == "auto":
@@ -111,7 +114,10 @@ def plan(args, environ=os.environ):
         return RunFolders(name, out_dir, ckpt_root, None, f"run {name} has finished ({out_dir}/): {NEW_RUN}")
     outputs.claim(out_dir, args.overwrite or again, remove=False)
     name = name if args.output_dir is None else None  # on Azure ML the job's run; here a new one
-    return RunFolders(name, out_dir, ckpt_root, given, new=True, overwrite=args.overwrite or again)
+    overwrite = args.overwrite or again
+    return RunFolders(
+        name, out_dir, ckpt_root, given, new=True, overwrite=overwrite, ckpt_default=not args.checkpoint_dir
+    )
 
 
 def create(folders):
@@ -130,10 +136,25 @@ def create(folders):
         outputs.make_dirs((out_dir, "--output-dir"))
         outputs.claim(out_dir, folders.overwrite)
         name = name or safe(f"{out_dir.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
-    folders = replace(folders, name=name, out_dir=out_dir)
-    outputs.make_dirs((folders.ckpt_dir, "--checkpoint-dir"))
+    folders = checkpoint_folder(replace(folders, name=name, out_dir=out_dir))
     outputs.write_json({"run": name}, out_dir / RUN_FILE)
     return folders
+
+
+def checkpoint_folder(folders):
+    """Make the run's checkpoint folder. Where the default one cannot be made (a job running as uid 9000
+    in a working directory root owns), a folder under $TMPDIR instead, said in one line: a run is never
+    refused over a folder nobody asked for. A --checkpoint-dir that was given is made or refused."""
+    try:
+        outputs.make_dirs((folders.ckpt_dir, "--checkpoint-dir"))
+        return folders
+    except outputs.OutputError as e:
+        if not folders.ckpt_default:
+            raise
+        fallback = replace(folders, ckpt_root=Path(tempfile.gettempdir()) / DEFAULT_CHECKPOINTS)
+        outputs.make_dirs((fallback.ckpt_dir, "--checkpoint-dir"))
+        print(f"note: {e}; this run's checkpoints go to {fallback.ckpt_dir}/ instead")
+        return fallback
 
 
 def continue_run(args, name, out_dir, ckpt_root):

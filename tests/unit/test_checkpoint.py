@@ -161,3 +161,22 @@ def test_outputs_latest_names_the_newest_run_even_where_links_are_refused(tmp_pa
     monkeypatch.setattr("pathlib.Path.symlink_to", refused)
     runs.point_latest(tmp_path, "run-2")
     assert (tmp_path / "latest").read_text() == "run-2\n" and runs.latest_name(tmp_path) == "run-2"
+
+
+def test_a_default_checkpoint_folder_that_cannot_be_made_falls_back_to_tmpdir_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """As a job running as uid 9000 in a working directory root owns: the run goes on, and says where."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "checkpoints").write_text("not a folder")  # cannot be made, whoever runs the test
+    flags = "--epochs 1 --fake-data 40 --progress off".split()
+    assert train.main(flags) == 0
+    out = capsys.readouterr().out
+    (moved,) = (tmp_path / "scratch" / "checkpoints").iterdir()
+    assert out.count("note: cannot create checkpoints") == 1 and f"go to {moved}/ instead" in out
+    assert checkpoints_of(moved)
+    assert train.main([*flags, "--checkpoint-dir", "checkpoints"]) == 1  # asked for by name: refused
+    assert capsys.readouterr().err.startswith("error: cannot create checkpoints")
