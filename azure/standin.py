@@ -50,6 +50,9 @@ RUNS = (
 )
 
 
+OPEN = ("/health", "/_recorded", "/discovery")  # the only paths answered without a run token
+
+
 class StandinError(Exception):
     pass
 
@@ -170,34 +173,13 @@ def stop(handle, save_to=None):
 
 
 def app():
+    """The v1 run-history service; what arrived is in its config["RECORDED"] and at GET /_recorded."""
     from flask import Flask, abort, jsonify, request
 
     service = Flask("standin")
     recorded = service.config["RECORDED"] = {"runs": {}, "unexpected": []}
     lock = threading.Lock()
-
-    def the_run(run_id):
-        return recorded["runs"].setdefault(run_id, {"tags": {}, "metrics": []})
-
-    @service.before_request
-    def bearer():
-        if request.path not in ("/health", "/_recorded", "/discovery") and not request.headers.get(
-            "Authorization", ""
-        ).startswith("Bearer "):
-            abort(401)
-
-    @service.get("/health")
-    def health():
-        return "OK"
-
-    @service.get("/_recorded")
-    def served_back():
-        with lock:
-            return jsonify(recorded)
-
-    @service.get("/discovery")
-    def discovery():
-        return jsonify({key: request.host_url.rstrip("/") for key in SERVICE_KEYS})
+    the_run = lambda run_id: recorded["runs"].setdefault(run_id, {"tags": {}, "metrics": []})  # noqa: E731
 
     def run(sub, rg, ws, experiment, run_id):
         with lock:
@@ -206,31 +188,40 @@ def app():
                 tags.update((request.get_json() or {}).get("tags") or {})
             return jsonify(run_dto(run_id, tags))
 
-    @service.post(f"/metric/v2.0{WORKSPACE}/runs/<run_id>/batch")
     def metrics(sub, rg, ws, run_id):
         with lock:
-            for metric in request.get_json()["values"]:
-                for point in metric["value"]:
-                    value = point["data"][metric["name"]]
-                    the_run(run_id)["metrics"].append(
-                        {"name": metric["name"], "value": value, "step": point.get("step")}
-                    )
+            the_run(run_id)["metrics"].extend(batch_points(request.get_json()))
         return jsonify({})
 
-    def ingested(sub, rg, ws, experiment, run_id):
-        return jsonify({})  # 200: every batch is stored when its POST is answered
-
-    for rule in RUNS:
-        service.add_url_rule(rule, view_func=run, methods=["GET", "PATCH"])
-    service.add_url_rule(f"{RUNS[0]}/metricsingest/wait", view_func=ingested)  # by name only
-
-    @service.errorhandler(404)
     def unexpected(error):
         with lock:
             recorded["unexpected"].append(f"{request.method} {request.path}")
         return jsonify({"error": {"code": "NotFound", "message": "not served by the stand-in"}}), 404
 
+    for rule in RUNS:
+        service.add_url_rule(rule, view_func=run, methods=["GET", "PATCH"])
+    service.add_url_rule(f"{RUNS[0]}/metricsingest/wait", "ingested", lambda **_: jsonify({}))  # by name only
+    service.add_url_rule(f"/metric/v2.0{WORKSPACE}/runs/<run_id>/batch", view_func=metrics, methods=["POST"])
+    service.add_url_rule("/discovery", "discovery", lambda: jsonify(dict.fromkeys(SERVICE_KEYS, request.host_url[:-1])))
+    service.add_url_rule("/health", "health", lambda: "OK")
+    service.add_url_rule("/_recorded", "recorded", lambda: jsonify(recorded))
+    service.register_error_handler(404, unexpected)
+    service.before_request(lambda: None if request.path in OPEN or bearer(request) else abort(401))
     return service
+
+
+def bearer(request):
+    """Whether a request carries a run token, as every run-history call must."""
+    return request.headers.get("Authorization", "").startswith("Bearer ")
+
+
+def batch_points(body):
+    """(name, value, step) of each point in a metrics batch (azureml-core's MetricDto: data[name], step)."""
+    return [
+        {"name": m["name"], "value": p["data"][m["name"]], "step": p.get("step")}
+        for m in body["values"]
+        for p in m["value"]
+    ]
 
 
 def run_dto(run_id, tags):
