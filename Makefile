@@ -34,7 +34,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build image build-submit-v2 build-tracking ui train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp compare clean
+.PHONY: help build image registry build-submit-v2 build-tracking ui train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp compare clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -92,6 +92,10 @@ lock: ## re-resolve docker/*.in (runtime, submit-v2, mlflow) into docker/*.lock 
 	docker buildx build -f docker/Dockerfile --target lock --output type=local,dest=docker \
 	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
+
+registry: ## a local registry on 127.0.0.1:5001 (REGISTRY_PORT), for make submit COMPUTE=local REGISTRY=127.0.0.1:5001
+	$(COMPOSE) --profile registry up -d --build registry
+	@echo "registry: 127.0.0.1:$${REGISTRY_PORT:-5001} (stop: docker compose --profile registry down)"
 
 ui: ## start the MLflow tracking server and its UI (127.0.0.1:5000); then: make train MLFLOW=1
 	$(COMPOSE) --profile tracking up -d --build --wait mlflow

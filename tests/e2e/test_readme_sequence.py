@@ -2,9 +2,13 @@
 with its own complete results, and none of them touches another's (runs never cross)."""
 
 import hashlib
+import json
 import os
 import subprocess
+import time
+import urllib.request
 
+import local_registry
 from e2e_env import ROOT, UID, submit_env
 
 RESULTS = {"model.pt", "metrics.jsonl", "summary.json", "curves.png"}
@@ -43,3 +47,27 @@ def test_the_readmes_commands_in_order_each_keep_their_own_results(dirs, registr
     assert len(seen) == len(sequence)
     trained_here = [f.name for f in seen if f.name.startswith("run-")]
     assert sorted(p.name for p in dirs["checkpoints"].iterdir()) == sorted(trained_here)
+
+
+def test_make_registry_serves_pushes_on_its_own_port(tmp_path):
+    """The registry `make submit COMPUTE=local REGISTRY=...` needs, started the README's way, never on
+    MLflow's port 5000; any small local image stands in for the trainer's."""
+    port = str(local_registry.free_port())
+    env = {**os.environ, "REGISTRY_PORT": port, "COMPOSE_PROJECT_NAME": f"cifar10-registry-{os.getpid()}"}
+    small = subprocess.check_output(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], text=True)
+    base = os.environ.get("BASE_IMAGE") or next(i for i in small.split() if not i.endswith(":<none>"))
+    probe = f"127.0.0.1:{port}/probe:1"
+    try:
+        r = subprocess.run(["make", "registry"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0 and f"registry: 127.0.0.1:{port}" in r.stdout, r.stdout + r.stderr
+        subprocess.run(["docker", "tag", base, probe], check=True)
+        for _ in range(3):  # the registry may take a moment to listen
+            if subprocess.run(["docker", "push", "-q", probe], capture_output=True).returncode == 0:
+                break
+            time.sleep(2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/_catalog", timeout=10) as catalog:
+            assert json.load(catalog)["repositories"] == ["probe"]
+    finally:
+        subprocess.run(["docker", "image", "rm", probe], capture_output=True)
+        down = ["docker", "compose", "--profile", "registry", "down", "-v"]
+        subprocess.run(down, cwd=ROOT, env=env, capture_output=True, timeout=120)
