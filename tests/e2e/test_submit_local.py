@@ -160,13 +160,10 @@ def test_the_rehearsals_settings_are_checked_before_anything_starts(worktree):
     assert r.returncode == 1 and r.stderr == "error: LOCAL_START=attach: use entrypoint (the default), bypass or exec\n"
 
 
-HARNESS = """# Test harness only: torchvision checks the real CIFAR-10's md5s; expect the fixture's instead.
-from torchvision import datasets
-sums = {sums!r}
-datasets.CIFAR10.train_list = [[f"data_batch_{{i}}", sums[f"data_batch_{{i}}"]] for i in range(1, 6)]
-datasets.CIFAR10.test_list = [["test_batch", sums["test_batch"]]]
-datasets.CIFAR10.meta = {{**datasets.CIFAR10.meta, "md5": sums["batches.meta"]}}
-datasets.CIFAR10.tgz_md5 = sums["cifar-10-python.tar.gz"]
+# Test harness only: torchvision checks the real CIFAR-10's md5s; the fixture's own are expected instead.
+HARNESS = """from torchvision import datasets
+from cifar_fixture import expect_checksums
+expect_checksums(datasets.CIFAR10, {sums!r})
 """
 
 
@@ -201,7 +198,9 @@ def test_a_folder_with_only_the_archive_is_read_and_nothing_is_written_back(work
     harness = tmp_path / "snapshot"
     shutil.copytree(worktree / plan["snapshot"]["source_directory"], harness)
     (harness / "sitecustomize.py").write_text(HARNESS.format(sums=sums))
-    plan["snapshot"] |= {"source_directory": str(harness), "paths": [*plan["snapshot"]["paths"], "sitecustomize.py"]}
+    shutil.copy(ROOT / "tests" / "cifar_fixture.py", harness)
+    added = ["sitecustomize.py", "cifar_fixture.py"]
+    plan["snapshot"] |= {"source_directory": str(harness), "paths": [*plan["snapshot"]["paths"], *added]}
     variables = (
         plan["runConfiguration"]["environmentVariables"] if sdk == "v1" else plan["job"]["environment_variables"]
     )
