@@ -196,6 +196,10 @@ def test_metrics_go_to_mlflow_where_azure_ml_sets_a_tracking_uri(tmp_path, monke
     assert [m.step for m in history] == [10, 20]
     assert history[-1].value == pytest.approx(metric(tmp_path / "out", "loss")[-1])
     assert runs[0].data.params["batch_size"] == "4" and len(runs[0].data.tags["packages_sha256"]) == 16
+    assert runs[0].data.params["epochs"] == "1"  # runs that differ only in epochs do not look alike
+    # A run shorter than --log-interval still has its loss there, once an epoch
+    epoch_loss = mlflow.tracking.MlflowClient().get_metric_history(runs[0].info.run_id, "train/epoch_loss")
+    assert [(m.step, m.value) for m in epoch_loss] == [(20, metric(tmp_path / "out", "train/epoch_loss")[0])]
 
 
 def test_outside_azure_the_offline_run_is_not_used_and_nothing_extra_is_printed(tmp_path, capsys):
