@@ -14,6 +14,14 @@ EXIT_BAD_FLAGS = 2
 # The flags that define the math; a checkpoint made with other values is refused.
 # --epochs is not among them: resuming with more epochs extends a run.
 RECIPE = ("batch_size", "lr", "momentum", "seed", "fake_data", "normalize")
+OUTPUT_DIR_HELP = (
+    "weights, metrics, summary, plot; default: a new outputs/<run>/ per run (outputs/latest names it), "
+    "or ./outputs itself in an Azure ML job, which Azure ML uploads"
+)
+CHECKPOINT_DIR_HELP = (
+    "the run's checkpoints go to DIR/<run>/; default: checkpoints "
+    "(or, where it cannot be made, a folder under $TMPDIR, said in one line)"
+)
 DESCRIPTION = "Train the Azure ML tutorial's CIFAR-10 Net: same recipe, same `loss` metric and lines by default."
 
 
@@ -97,19 +105,9 @@ def add_folders(add):
         help="holds cifar-10-batches-py/ or cifar-10-python.tar.gz",
     )
     add("--no-download", action="store_true", help="fail instead of downloading CIFAR-10 into --data-dir")
-    add(
-        "--output-dir",
-        type=folder,
-        help="weights, metrics, summary, plot; default: a new outputs/<run>/ per run (outputs/latest names it), "
-        "or ./outputs itself in an Azure ML job, which Azure ML uploads",
-    )
+    add("--output-dir", type=folder, help=OUTPUT_DIR_HELP)
     add("--overwrite", action="store_true", help="allow replacing a finished run's results in --output-dir")
-    add(
-        "--checkpoint-dir",
-        type=folder,
-        help="the run's checkpoints go to DIR/<run>/; default: checkpoints (or, where it cannot be made, "
-        "a folder under $TMPDIR, said in one line)",
-    )
+    add("--checkpoint-dir", type=folder, help=CHECKPOINT_DIR_HELP)
     add("--checkpoint-every", type=integer(0), default=2000, metavar="STEPS", help="also every STEPS steps; 0 = never")
     add(
         "--resume",

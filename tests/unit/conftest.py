@@ -49,7 +49,17 @@ def submit_source(tmp_path, monkeypatch):
     baked.write_text(source_digest(copy) + "\n")
     monkeypatch.setattr(submit, "SOURCE", copy)
     monkeypatch.setattr(submit, "IMAGE_DIGEST_FILE", baked)
-    for var in (*aml.WORKSPACE_VARS, *aml.SP_VARS):
+    # No workspace, login or make variable from the machine running the tests
+    for var in (*aml.WORKSPACE_VARS, *aml.SP_VARS, *submit.SETTINGS, "AML_TERMINAL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     return copy
+
+
+@pytest.fixture
+def source(submit_source, monkeypatch, request):
+    """submit_source, with submit.py using the SDK the test module names (its SDK = "v1" or "v2")."""
+    import submit
+
+    monkeypatch.setattr(submit, "SDK", request.module.SDK)
+    return submit_source

@@ -15,16 +15,9 @@ import submit  # noqa: E402
 from provenance import source_digest  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[2] / "src"
+SDK = "v1"  # conftest's `source` fixture runs submit.py with this SDK
 DIGEST = "sha256:" + "ab12" * 16
 REF = f"myws.azurecr.io/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
-
-
-@pytest.fixture
-def source(submit_source, monkeypatch):
-    monkeypatch.setattr(submit, "SDK", "v1")
-    for var in (*submit.SETTINGS, "AML_TERMINAL"):  # make's variables from the machine running the tests
-        monkeypatch.delenv(var, raising=False)
-    return submit_source
 
 
 def dry_run(capsys, *extra):

@@ -8,16 +8,9 @@ pytest.importorskip("azure.ai.ml", reason="SDK v2 tests run in the submit-v2 ima
 
 import submit  # noqa: E402
 
+SDK = "v2"  # conftest's `source` fixture runs submit.py with this SDK
 DIGEST = "sha256:" + "cd34" * 16
 REF = f"myws.azurecr.io/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
-
-
-@pytest.fixture
-def source(submit_source, monkeypatch):
-    monkeypatch.setattr(submit, "SDK", "v2")
-    for var in (*submit.SETTINGS, "AML_TERMINAL"):  # make's variables from the machine running the tests
-        monkeypatch.delenv(var, raising=False)
-    return submit_source
 
 
 def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
