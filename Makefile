@@ -62,7 +62,7 @@ train-2node: image dirs ## a 2-node job as two containers, as on Azure ML: make 
 dirs:
 	@mkdir -p $(DATA_DIR) $(OUTPUTS_DIR) $(CHECKPOINTS_DIR)
 
-submit: build $(if $(filter v2,$(SDK)),build-submit-v2) ## push by digest, submit to Azure ML (DRY_RUN=1, SDK=v2; COMPUTE=local REGISTRY=127.0.0.1:PORT runs it here)
+submit: build $(if $(filter v2,$(SDK)),build-submit-v2) $(if $(filter local,$(COMPUTE)),build-tracking) ## push by digest, submit to Azure ML (DRY_RUN=1, SDK=v2; COMPUTE=local REGISTRY=127.0.0.1:PORT runs it here)
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	bash azure/submit.sh
 

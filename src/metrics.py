@@ -56,16 +56,6 @@ def tracker():
     return None
 
 
-def azureml_run():
-    """train.py's call until it calls tracker(): the v1 run history where chosen, else None."""
-    return tracker() if choose() == "azureml" else None
-
-
-def mlflow_tracking():
-    """train.py's call until it calls tracker(): MLflow where chosen, else None."""
-    return tracker() if choose() == "mlflow" else None
-
-
 def server_defaults(uri):
     """Short timeouts for an http(s) server (a user's own settings win); azureml:// keeps MLflow's."""
     if uri.startswith(("http://", "https://")):
@@ -183,11 +173,11 @@ class MlflowRun:
 
 
 class Metrics:
-    def __init__(self, out_dir, *trackers):
-        """out_dir None: record nothing (ranks other than 0 of a distributed run). trackers: the
-        first that is not None is this run's (tracker() gives one or None)."""
+    def __init__(self, out_dir, tracker=None):
+        """out_dir None: record nothing (ranks other than 0 of a distributed run). tracker: this run's
+        one tracker (tracker() gives it, or None)."""
         self.path = Path(out_dir) / "metrics.jsonl" if out_dir is not None else None
-        self.tracker = next((t for t in trackers if t is not None), None)
+        self.tracker = tracker
         self.t0 = time.time()  # the run's wall-clock start
         self.last = {}
 

@@ -29,7 +29,7 @@ from cli import parse_args
 from device import Device, setup_device, threads_for
 from distributed import Distributed, StopFlag
 from errors import TrainerError
-from metrics import Metrics, azureml_run, mlflow_tracking
+from metrics import Metrics, tracker
 from model import Net, evaluate
 from provenance import provenance
 from sgd import FlatSGD
@@ -147,7 +147,7 @@ def setup(args, ddp, device, folders):
     optimizer = make_optimizer(model, args.lr, args.momentum)
     state = checkpoints.restore(resume, model, optimizer) if resume else LoopState()
     # Only rank 0 records: the other ranks neither look for a tracker nor fingerprint the packages.
-    metrics = Metrics(out_dir, azureml_run(), mlflow_tracking()) if ddp.main else Metrics(None)
+    metrics = Metrics(out_dir, tracker()) if ddp.main else Metrics(None)
     info = provenance() if ddp.main else {}
     net = DistributedDataParallel(model) if ddp.on else model  # DDP: rank 0's weights to all, grads averaged
     step = make_step(net, optimizer, device, ddp.on)  # the tutorial's kernels called directly, or autograd
