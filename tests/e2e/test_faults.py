@@ -17,7 +17,8 @@ from e2e_env import TESTS_MOUNT, compose, compose_env
 FULL = {  # what fills up: (folder, tmpfs bytes, flags, the flag naming the folder)
     "checkpoint": ("checkpoints", 1_300_000, "--checkpoint-every 10", "--checkpoint-dir"),  # room for 2, not 3
     "model.pt": ("outputs", 128_000, "--checkpoint-every 0", "--output-dir"),  # metrics.jsonl fits, model.pt not
-    "metrics.jsonl": ("outputs", 4096, "--checkpoint-every 10 --log-interval 1", "--output-dir"),  # ~100 B a line
+    # ~100 B a line; a tmpfs counts in 4 KiB pages, and run.json takes the first
+    "metrics.jsonl": ("outputs", 8192, "--checkpoint-every 10 --log-interval 1", "--output-dir"),
 }
 # --output-dir outputs: the mount itself, not outputs/<run>/; checkpoints go to checkpoints/<run>/ still.
 FLAGS = "--epochs 1 --fake-data 200 --log-interval 10 --threads 1 --output-dir outputs"  # a case's own flags win
