@@ -2,7 +2,8 @@
 
 At the tutorial's batch of 4 a step's kernels take about a millisecond, and autograd around them (graph
 nodes, saved tensors, the engine, nn.Module calls, conv2d -> convolution -> _convolution) adds 20-40%
-(bench/throughput.py --step-only). For the default run (the tutorial's Net, float32 on the CPU, one process, FlatSGD)
+(docs/perf.md, "A step at batch 4"; `make bench ARGS=--loop` measures it now). For the default run
+(the tutorial's Net, float32 on the CPU, one process, FlatSGD)
 DirectStep calls the kernels autograd calls, with the same arguments (torch.profiler lists them, the
 formulas are torch's derivatives.yaml), and nothing else: no graph, and the gradients written straight
 into one flat buffer that FlatSGD.update reads. Losses, gradients and weights are autograd's and
