@@ -51,9 +51,14 @@ def safe(name):
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:200]
 
 
+def utc_stamp():
+    """YYYYmmdd-HHMMSS, UTC: the time part of every run name."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
 def new_name(root):
     """run-YYYYmmdd-HHMMSS (UTC), made unique in root by a suffix; the folder is created (claimed)."""
-    stamp = "run-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    stamp = f"run-{utc_stamp()}"
     for n in range(1, 1000):
         name = stamp if n == 1 else f"{stamp}-{n}"
         try:
@@ -112,9 +117,9 @@ def plan(args, environ=os.environ):
     again = args.resume == "auto" and name is not None
     if again and (out_dir / "summary.json").exists():
         return RunFolders(name, out_dir, ckpt_root, None, f"run {name} has finished ({out_dir}/): {NEW_RUN}")
-    outputs.claim(out_dir, args.overwrite or again, remove=False)
-    name = name if args.output_dir is None else None  # on Azure ML the job's run; here a new one
     overwrite = args.overwrite or again
+    outputs.claim(out_dir, overwrite, remove=False)
+    name = name if args.output_dir is None else None  # on Azure ML the job's run; here a new one
     return RunFolders(
         name, out_dir, ckpt_root, given, new=True, overwrite=overwrite, ckpt_default=not args.checkpoint_dir
     )
@@ -135,7 +140,7 @@ def create(folders):
     else:
         outputs.make_dirs((out_dir, "--output-dir"))
         outputs.claim(out_dir, folders.overwrite)
-        name = name or safe(f"{out_dir.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
+        name = name or safe(f"{out_dir.resolve().name}-{utc_stamp()}-{secrets.token_hex(2)}")
     folders = checkpoint_folder(replace(folders, name=name, out_dir=out_dir))
     outputs.write_json({"run": name}, out_dir / RUN_FILE)
     return folders
