@@ -27,7 +27,9 @@ RUN_FILE = "run.json"  # in the output folder: the name of the run whose results
 LATEST = "latest"  # outputs/latest -> the newest run's folder (by default only)
 DEFAULT_OUTPUTS = "outputs"
 DEFAULT_CHECKPOINTS = "checkpoints"
-NEW_RUN = "leave out --resume (or pass another --output-dir) for a new run"
+# For a new run, given a finished one: by default a new folder comes with it; a named folder is refused
+# without --overwrite, so the advice must not send a user back to the refusal.
+NEW_RUN = {True: "leave out --resume for a new run", False: "pass another --output-dir (or --overwrite) for a new run"}
 
 
 @dataclass
@@ -105,18 +107,19 @@ def plan(args, environ=os.environ):
     azure_id = environ.get("AZUREML_RUN_ID")
     if args.output_dir is None and not azure_id:  # by default: the latest run, or a new folder
         name = latest_name(DEFAULT_OUTPUTS) if args.resume == "auto" else None
-        found = name and continue_run(args, name, Path(DEFAULT_OUTPUTS) / name, ckpt_root)
+        found = name and continue_run(args, name, Path(DEFAULT_OUTPUTS) / name, ckpt_root, NEW_RUN[True])
         return found or RunFolders(None, None, ckpt_root, given, new=True, ckpt_default=not args.checkpoint_dir)
     out_dir = Path(args.output_dir or DEFAULT_OUTPUTS)
     name = safe(azure_id) if args.output_dir is None else read_name(out_dir)
     if name and args.resume == "auto":
-        found = continue_run(args, name, out_dir, ckpt_root)
+        found = continue_run(args, name, out_dir, ckpt_root, NEW_RUN[args.output_dir is None])
         if found:
             return found
     # `--resume auto` of a run that wrote no checkpoint starts it again: its partial results go.
     again = args.resume == "auto" and name is not None
     if again and (out_dir / "summary.json").exists():
-        return RunFolders(name, out_dir, ckpt_root, None, f"run {name} has finished ({out_dir}/): {NEW_RUN}")
+        why = f"run {name} has finished ({out_dir}/): {NEW_RUN[False]}"
+        return RunFolders(name, out_dir, ckpt_root, None, why)
     overwrite = args.overwrite or again
     outputs.claim(out_dir, overwrite, remove=False)
     name = name if args.output_dir is None else None  # on Azure ML the job's run; here a new one
@@ -162,7 +165,7 @@ def checkpoint_folder(folders):
         return fallback
 
 
-def continue_run(args, name, out_dir, ckpt_root):
+def continue_run(args, name, out_dir, ckpt_root, new_run):
     """RunFolders continuing run `name` from its newest checkpoint; None if it has none."""
     ckpt_dir = ckpt_root / name
     path = find_latest(ckpt_dir)
@@ -173,6 +176,6 @@ def continue_run(args, name, out_dir, ckpt_root):
     if state["epoch"] >= args.epochs:
         done = (
             f"run {name} has finished all {state['epoch']} epochs ({out_dir}/): nothing to resume; "
-            f"pass --epochs {state['epoch'] + 1} or more to extend it, or {NEW_RUN}"
+            f"pass --epochs {state['epoch'] + 1} or more to extend it, or {new_run}"
         )
     return RunFolders(name, out_dir, ckpt_root, path, done)

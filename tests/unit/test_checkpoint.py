@@ -96,6 +96,7 @@ def test_resume_auto_on_a_finished_run_says_so_and_changes_nothing(tmp_path, cap
     assert run_main(tmp_path, "--epochs 1 --fake-data 40 --resume auto") == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "has finished all 1 epochs" in out and "--epochs 2" in out
+    assert "pass another --output-dir (or --overwrite) for a new run" in out  # not "leave out --resume": refused
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()} == files
     assert run_main(tmp_path, "--epochs 2 --fake-data 40 --resume auto") == 0  # extending it still works
     assert "resumed from" in capsys.readouterr().out
