@@ -112,6 +112,19 @@ class Intent:
     def processes(self):
         return self.nodes * self.procs_per_node
 
+    def cluster(self, words):
+        """The cluster created when `compute` is missing, in one SDK's keywords. words: its names for
+        (size, minimum nodes, maximum nodes, idle seconds, tier) and its word for the low-priority tier.
+        At 0 nodes when idle, it costs nothing."""
+        size, low, high, idle, tier, low_priority = words
+        return {
+            size: self.vm_size,
+            low: 0,
+            high: self.max_nodes,
+            idle: self.idle_seconds,
+            tier: low_priority if self.low_priority else "dedicated",
+        }
+
 
 def intent(image, source_dir, trainer_args, datastore="workspaceblobstore", data_path=None, checkpoint_path=None, **kw):
     """The Intent of `submit.py run`: data read-only at --data-dir (the tutorial's part 4: its named

@@ -117,17 +117,14 @@ def as_submitted(run_config):
     return paths
 
 
+# AmlCompute.provisioning_configuration's keywords for Intent.cluster, and its low-priority tier.
+CLUSTER_WORDS = ("vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown", "vm_priority", "lowpriority")
+
+
 def compute_config(intent):
-    """Provisioning of the cluster if it does not exist: scales to 0 nodes when idle."""
     from azureml.core.compute import AmlCompute
 
-    return AmlCompute.provisioning_configuration(
-        vm_size=intent.vm_size,
-        min_nodes=0,
-        max_nodes=intent.max_nodes,
-        vm_priority="lowpriority" if intent.low_priority else "dedicated",
-        idle_seconds_before_scaledown=intent.idle_seconds,
-    )
+    return AmlCompute.provisioning_configuration(**intent.cluster(CLUSTER_WORDS))
 
 
 def describe(job, intent):

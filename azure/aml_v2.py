@@ -54,17 +54,14 @@ def build_job(intent, ws=None):
     )
 
 
+# azure.ai.ml.entities.AmlCompute's keywords for Intent.cluster, and its low-priority tier.
+CLUSTER_WORDS = ("size", "min_instances", "max_instances", "idle_time_before_scale_down", "tier", "low_priority")
+
+
 def compute_config(intent):
     from azure.ai.ml.entities import AmlCompute
 
-    return AmlCompute(
-        name=intent.compute,
-        size=intent.vm_size,
-        min_instances=0,
-        max_instances=intent.max_nodes,
-        tier="low_priority" if intent.low_priority else "dedicated",
-        idle_time_before_scale_down=intent.idle_seconds,
-    )
+    return AmlCompute(name=intent.compute, **intent.cluster(CLUSTER_WORDS))
 
 
 def describe(job, intent):

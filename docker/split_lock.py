@@ -1,6 +1,6 @@
 """Split the hashed lock into per-layer requirement files, so the image's packages land in a few layers.
 
-    python3 split_lock.py requirements.lock OUT_DIR     # writes OUT_DIR/{nvidia,torch,base,azure}.txt
+    python3 split_lock.py requirements.lock OUT_DIR     # writes OUT_DIR/{nvidia,torch,base,azure}/requirements.txt
 
 Layers go from what changes least to what changes most: the CUDA libraries, torch with triton and
 torchvision, the rest of what the trainer needs (the packages reachable from requirements.in's
@@ -61,10 +61,10 @@ def main(lock, out):
     if not stanzas:
         sys.exit(f"error: no pinned packages in {lock}: run `make lock` to regenerate it")
     layers = layer_of(stanzas)
-    Path(out).mkdir(parents=True, exist_ok=True)
     for layer in LAYERS:
         names = sorted(n for n in stanzas if layers[n] == layer)
-        Path(out, f"{layer}.txt").write_text("".join(stanzas[n][0] for n in names))
+        Path(out, layer).mkdir(parents=True, exist_ok=True)
+        Path(out, layer, "requirements.txt").write_text("".join(stanzas[n][0] for n in names))
         print(f"{layer}: {len(names)} packages")
 
 

@@ -122,7 +122,7 @@ class MlflowRun:
 
     def __init__(self, uri):
         self.where = uri
-        self.client = self.run_id = None
+        self.client = self.run_id = self.experiment = None
         self.own = False
 
     def start(self, params, tags):
@@ -153,8 +153,19 @@ class MlflowRun:
         experiment = found.experiment_id if found else self.client.create_experiment(name)
         # The UI then opens on training runs and their charts, not on GenAI traces.
         self.client.set_experiment_tag(experiment, "mlflow.experimentKind", "custom_model_development")
-        self.own = True
+        self.own, self.experiment = True, experiment
+        # MLflow would print its own link at the end, as the trainer sees the server (http://mlflow:5000
+        # in compose, which the host cannot open); link() prints one the host opens instead.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         return self.client.create_run(experiment, tags=resolve_tags()).info.run_id
+
+    def link(self):
+        """The run's page in the UI: under TRACKING_UI_URL (where the host reaches compose's server,
+        which `make train MLFLOW=1` sets) when given, else under an http(s) tracking URI; else None."""
+        base = (os.environ.get("TRACKING_UI_URL") or self.where).rstrip("/")
+        if base.startswith(("http://", "https://")):
+            return f"{base}/#/experiments/{self.experiment}/runs/{self.run_id}"
+        return None
 
     def log(self, name, value, step):
         self.client.log_metric(self.run_id, name, value, step=step)
@@ -170,6 +181,8 @@ class MlflowRun:
                 if Path(path).is_file():
                     self.client.log_artifact(self.run_id, str(path))
             self.client.set_terminated(self.run_id, status)
+            if self.link():
+                print(f"mlflow: {self.link()}")
 
 
 class Metrics:

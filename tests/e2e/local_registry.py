@@ -39,6 +39,21 @@ def serve(root):
     yield address
     server.terminate()
     server.wait(timeout=10)
+    untag(address)
+
+
+def untag(address):
+    """Drop the names that pushes and pulls gave images on this registry (HOST:PORT/...), which would
+    outlive it in `docker images`; the images themselves stay under their other names."""
+    listed = subprocess.run(
+        ["docker", "images", "--digests", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    names = []
+    for repo, tag, digest in (line.split() for line in listed if line.startswith(address + "/")):
+        names.append(f"{repo}:{tag}" if tag != "<none>" else f"{repo}@{digest}")
+    if names:
+        subprocess.run(["docker", "rmi", *names], capture_output=True, check=False)
 
 
 def tags(registry):

@@ -79,17 +79,21 @@ def server(tmp_path_factory):
         url = "http://" + compose(env, "port", "mlflow", "5000").stdout.strip()
         fixture = ["python", "/app/tests/cifar_fixture.py", "/work/data", "400", "--learnable"]
         compose(env, "run", "--rm", "-v", TESTS_MOUNT, "train", *fixture)
-        runs = {}
+        runs, links = {}, {}
+        # As `make train MLFLOW=1` runs it: the link printed at the end is the one the host opens.
+        tracked = {**env, "MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
+        tracked["TRACKING_UI_URL"] = url
         for seed in SEEDS:
             where = ["--output-dir", f"outputs/seed{seed}", "--checkpoint-dir", f"checkpoints/seed{seed}"]
             r = compose(
-                {**env, "MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_EXPERIMENT_NAME": EXPERIMENT},
-                "run", "--rm", "-v", TESTS_MOUNT, "train", "python", "/app/tests/e2e/train_on_fixture.py",
+                tracked, "run", "--rm", "-v", TESTS_MOUNT, "train", "python", "/app/tests/e2e/train_on_fixture.py",
                 *TRAIN, "--seed", str(seed), *where,
             )  # fmt: skip
             assert "tracking off" not in r.stderr, r.stderr
+            assert "mlflow:5000" not in r.stdout, r.stdout  # MLflow's own link, which the host cannot open
+            links[seed] = re.findall(rf"^mlflow: ({re.escape(url)}/#/experiments/\d+/runs/\w+)$", r.stdout, re.M)
             runs[seed] = dirs["outputs"] / f"seed{seed}"
-        yield url, env, runs
+        yield url, env, runs, links
     finally:
         compose(env, "down", "--volumes", "--remove-orphans", timeout=300, check=False)
 
@@ -107,10 +111,11 @@ def finished_runs(url):
 
 
 def test_each_run_in_mlflow_holds_its_metrics_jsonl_params_tags_and_files(server):
-    url, _, outputs = server
-    _, runs = finished_runs(url)
+    url, _, outputs, links = server
+    experiment_id, runs = finished_runs(url)
     for seed, run in runs.items():
         run_id = run["info"]["run_id"]
+        assert links[seed] == [f"{url}/#/experiments/{experiment_id}/runs/{run_id}"], links
         written = [json.loads(line) for line in (outputs[seed] / "metrics.jsonl").read_text().splitlines()]
         names = sorted({r["name"] for r in written})
         assert len(names) >= 3  # the loss, throughput, accuracy and per-class accuracies
@@ -150,7 +155,7 @@ def drawn_line(dom, metric):
 
 
 def test_the_ui_draws_each_runs_falling_loss_in_headless_chromium(server):
-    url, env, _ = server
+    url, env, *_ = server
     experiment_id, runs = finished_runs(url)
     for run in runs.values():
         page = f"http://mlflow:5000/#/experiments/{experiment_id}/runs/{run['info']['run_id']}/model-metrics"
@@ -174,7 +179,7 @@ def test_the_ui_draws_each_runs_falling_loss_in_headless_chromium(server):
 
 
 def test_the_ui_lists_both_runs_in_headless_chromium(server):
-    url, env, _ = server
+    url, env, *_ = server
     experiment_id, runs = finished_runs(url)
     page = f"http://mlflow:5000/#/experiments/{experiment_id}/runs"
     names = [r["info"]["run_name"] for r in runs.values()]

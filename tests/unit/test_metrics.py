@@ -185,6 +185,17 @@ def test_a_users_server_gets_a_run_of_its_own_ended_with_the_runs_status(tmp_pat
     assert store.get_experiment_by_name("unit").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_a_users_run_ends_with_one_link_the_host_opens(tmp_path, store, monkeypatch, capsys):
+    record_a_run(tmp_path, tracker())
+    assert "mlflow" not in capsys.readouterr().out  # a file store has no UI to link to
+    monkeypatch.setenv("TRACKING_UI_URL", "http://127.0.0.1:5999/")  # compose's server, as the host reaches it
+    run = tracker()
+    record_a_run(tmp_path, run)
+    experiment = store.get_experiment_by_name("unit").experiment_id
+    printed = capsys.readouterr().out
+    assert printed == f"mlflow: http://127.0.0.1:5999/#/experiments/{experiment}/runs/{run.run_id}\n", printed
+
+
 def fail_from(monkeypatch, owner, name, call=1):
     """owner.name raises from its call-th call on, as a service lost at that point would."""
     real, calls = getattr(owner, name), []

@@ -55,7 +55,7 @@ def test_each_package_lands_in_one_layer_with_its_hashes(tmp_path):
     split_lock.main(tmp_path / "requirements.lock", tmp_path / "out")
     names = {}
     for layer in split_lock.LAYERS:
-        text = (tmp_path / "out" / f"{layer}.txt").read_text()
+        text = (tmp_path / "out" / layer / "requirements.txt").read_text()
         names[layer] = [line.split("==")[0] for line in text.splitlines() if "==" in line]
     assert names == {
         "nvidia": ["nvidia-cublas"],
@@ -64,12 +64,12 @@ def test_each_package_lands_in_one_layer_with_its_hashes(tmp_path):
         "base": ["matplotlib", "numpy", "packaging"],
         "azure": ["azureml-core", "msal", "msal-extensions"],
     }
-    assert "--hash=sha256:dd" in (tmp_path / "out" / "base.txt").read_text()
+    assert "--hash=sha256:dd" in (tmp_path / "out" / "base" / "requirements.txt").read_text()
 
 
 def test_the_real_lock_splits_without_losing_a_package(tmp_path):
     split_lock.main(DOCKER / "requirements.lock", tmp_path)
-    split = pins("".join((tmp_path / f"{layer}.txt").read_text() for layer in split_lock.LAYERS))
+    split = pins("".join((tmp_path / layer / "requirements.txt").read_text() for layer in split_lock.LAYERS))
     assert split == pins((DOCKER / "requirements.lock").read_text())
 
 
