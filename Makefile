@@ -38,7 +38,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build image registry build-submit-v2 build-tracking ui train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp compare clean
+.PHONY: help build image submit-v2-image mlflow-image registry build-submit-v2 build-tracking ui train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp compare clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -46,10 +46,15 @@ help: ## list the targets
 build: ## build the training image (IMAGE, default cifar10-trainer:local), showing every step
 	$(COMPOSE) build train
 
-# What the train targets build first: the same image, quietly (a cached build takes seconds; errors still show).
+# What the train and submit targets build first: the same images, quietly (a cached build takes seconds;
+# errors still show). The submitter for SDK v2; the MLflow server's image holds COMPUTE=local's stand-ins.
 image:
 	@echo "make: building $(IMAGE) quietly (make build shows the steps)"
 	@$(COMPOSE) --progress quiet build train
+submit-v2-image:
+	@$(COMPOSE) --progress quiet --profile azure build submit-v2
+mlflow-image:
+	@$(COMPOSE) --progress quiet --profile tracking build mlflow
 
 train: image dirs ## train in the image: make train EPOCHS=1 ARGS="--fake-data 2000"
 	$(COMPOSE) run --rm train --epochs $(EPOCHS) $(ARGS)
@@ -66,11 +71,11 @@ train-2node: image dirs ## a 2-node job as two containers, as on Azure ML: make 
 dirs:
 	@mkdir -p $(DATA_DIR) $(OUTPUTS_DIR) $(CHECKPOINTS_DIR)
 
-submit: build $(if $(filter v2,$(SDK)),build-submit-v2) $(if $(filter local,$(COMPUTE)),build-tracking) ## push by digest, submit to Azure ML (DRY_RUN=1, SDK=v2; COMPUTE=local REGISTRY=127.0.0.1:PORT runs it here)
+submit: image $(if $(filter v2,$(SDK)),submit-v2-image) $(if $(filter local,$(COMPUTE)),mlflow-image) ## push by digest, submit to Azure ML (DRY_RUN=1, SDK=v2; COMPUTE=local REGISTRY=127.0.0.1:PORT runs it here)
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	bash azure/submit.sh
 
-upload-data: build $(if $(filter v2,$(SDK)),build-submit-v2) ## ./data to the default datastore at DATA_PATH (tutorial part 4; COMPUTE=local: LOCAL_DATASTORE)
+upload-data: image $(if $(filter v2,$(SDK)),submit-v2-image) ## ./data to the default datastore at DATA_PATH (tutorial part 4; COMPUTE=local: LOCAL_DATASTORE)
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	bash azure/submit.sh upload-data
 

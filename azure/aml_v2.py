@@ -6,6 +6,7 @@ azureml-core. azureml-core (v1) passed its end of support on 2026-06-30; v1 stay
 as the project was specified, and `make submit SDK=v2` sends the same image, code and arguments.
 """
 
+import logging
 import os
 import shlex
 from pathlib import Path
@@ -27,6 +28,9 @@ def build_job(intent, ws=None):
     from azure.ai.ml import Input, Output, PyTorchDistribution, command
     from azure.ai.ml.entities import Environment
 
+    # azure-ai-ml's own schema classes say "This is an experimental class" six times at every submit,
+    # though this job uses none of them (azure/ai/ml/_utils/_experimental.py logs them).
+    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
     words, inputs, outputs = [INTERPRETER, SCRIPT, *map(shlex.quote, intent.trainer_args)], {}, {}
     for mount in intent.mounts:
         if mount.writable:
