@@ -25,6 +25,7 @@ INTERPRETER = "/opt/venv/bin/python"  # the image's venv; no conda, no pip layer
 SCRIPT = "train.py"
 # The Azure tutorial's experiments: part 3 trains, part 4 trains on data uploaded to the datastore.
 EXPERIMENT, EXPERIMENT_DATA = "day1-experiment-train", "day1-experiment-data"
+TUTORIAL_MAX_NODES = 4  # its cpu-cluster's size (Intent.max_nodes)
 # Where `make upload-data` puts ./data on the default datastore: the tutorial's part 4 target_path.
 DATA_TARGET = "datasets/cifar10"
 # Stands in for the workspace's registry in a dry run, which reads nothing from Azure.
@@ -91,10 +92,12 @@ class Intent:
     experiment: str = EXPERIMENT
     compute: str = "cpu-cluster"  # the tutorial's cluster
     vm_size: str = "STANDARD_D2_V2"
-    max_nodes: int = 0  # 0: as many as `nodes`, so that a cluster created for this run can run it
+    # A cluster created here is the tutorial's (part 1's 02-create-compute.py, Azure/MachineLearningNotebooks
+    # tutorials/get-started-day1): STANDARD_D2_V2, up to 4 nodes, down to 0 (costs nothing) 40 minutes after
+    # its last run. 0: 4, or `nodes` when more, so that a cluster created for this run can run it.
+    max_nodes: int = 0
     low_priority: bool = False
-    # A created cluster scales to 0 nodes (costs nothing idle) 30 minutes after its last run.
-    idle_seconds: int = 1800
+    idle_seconds: int = 2400
     shm_size: str = "2g"
     nodes: int = 1
     procs_per_node: int = 1
@@ -139,7 +142,7 @@ def intent(image, source_dir, trainer_args, datastore="workspaceblobstore", data
     if checkpoint_path:
         then = ("--resume", "auto", "--overwrite")
         mounts.append(Mount("checkpoints", datastore, checkpoint_path.strip("/"), True, "--checkpoint-dir", then))
-    kw["max_nodes"] = kw.get("max_nodes") or kw.get("nodes", Intent.nodes)
+    kw["max_nodes"] = kw.get("max_nodes") or max(TUTORIAL_MAX_NODES, kw.get("nodes", Intent.nodes))
     job = Intent(image, str(source_dir), tuple(str(a) for a in trainer_args), mounts=tuple(mounts), **kw)
     if not 1 <= job.nodes <= job.max_nodes or job.procs_per_node < 1:
         raise SubmitError(f"NODES={job.nodes} needs a cluster of at least that many nodes: set MAX_NODES={job.nodes}")

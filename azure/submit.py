@@ -52,7 +52,7 @@ SETTINGS = {
     "EXPERIMENT": (str, f"experiment ({aml.EXPERIMENT}; with DATA_PATH {aml.EXPERIMENT_DATA})"),
     "COMPUTE": (str, "compute cluster, created if missing; `local`: the rehearsal (azure/local_run.py)"),
     "VM_SIZE": (str, "VM size, if the cluster is created"),
-    "MAX_NODES": (whole, "cluster size limit, if created (min is 0); default: NODES"),
+    "MAX_NODES": (whole, "cluster size limit, if created (min is 0); default: 4 (the tutorial's), or NODES when more"),
     "LOW_PRIORITY": (flag, "low-priority VMs, if the cluster is created"),
     "SHM_SIZE": (str, "/dev/shm of the training container"),
     "NODES": (whole, "nodes of a distributed (DDP) run"),

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 import local_registry
@@ -11,7 +13,7 @@ def dirs(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory):
+def registry():
     """One registry on 127.0.0.1 for the whole session: the first push sends the 6 GB image, later pushes
     (publish tests, every `make submit COMPUTE=local`) find its layers there."""
-    yield from local_registry.serve(tmp_path_factory.mktemp("registry"))
+    yield from local_registry.serve(f"cifar10-e2e-registry-{os.getpid()}")

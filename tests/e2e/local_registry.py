@@ -1,14 +1,15 @@
-"""A container registry on 127.0.0.1 (Debian's docker-registry), for the push and pull by digest."""
+"""The session's container registry on 127.0.0.1: compose's `registry` service, the one `make registry`
+starts for users, in a compose project of its own on a free port. Only Docker is needed on the host."""
 
 import json
-import shutil
+import os
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
-import pytest
+from e2e_env import compose
 
 
 def free_port():
@@ -17,29 +18,23 @@ def free_port():
         return s.getsockname()[1]
 
 
-def serve(root):
-    """Yield the registry's address (HOST:PORT) while it runs, its storage under root."""
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.skip("Debian's docker-registry is not installed (.ci/run installs it)")
+def serve(project):
+    """Yield the registry's address (HOST:PORT) while it runs; its storage is a volume removed after."""
     port = free_port()
-    config = root / "config.yml"
-    config.write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: error\n"
-    )
-    server = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": project, "REGISTRY_PORT": str(port)}
     address = f"127.0.0.1:{port}"
-    for _ in range(50):
-        try:
-            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield address
-    server.terminate()
-    server.wait(timeout=10)
-    untag(address)
+    try:
+        compose(env, "--profile", "registry", "up", "-d", "--build", "registry", timeout=900)
+        for _ in range(50):
+            try:
+                urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield address
+    finally:
+        compose(env, "--profile", "registry", "down", "--volumes", timeout=300, check=False)
+        untag(address)
 
 
 def untag(address):

@@ -1,6 +1,6 @@
-"""`make submit` up to Azure: the push and pull by digest against a real registry on 127.0.0.1
-(Debian's docker-registry, started here), the refusals that must push nothing, and the containers
-it starts (at most three: check and log in, push from the host, register and submit)."""
+"""`make submit` up to Azure: the push and pull by digest against a real registry on 127.0.0.1 (compose's
+`registry` service, as `make registry` starts it), the refusals that must push nothing, and the containers it
+starts (at most three: check and log in, push from the host, register and submit)."""
 
 import json
 import os

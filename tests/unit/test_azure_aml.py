@@ -109,7 +109,8 @@ def test_the_intent_mounts_data_read_only_and_checkpoints_writable():
 def test_more_nodes_than_the_cluster_allows_is_refused():
     with pytest.raises(aml.SubmitError, match="set MAX_NODES=3"):
         aml.intent(REF, "src", [], nodes=3, max_nodes=2)
-    assert aml.intent(REF, "src", [], nodes=3).max_nodes == 3  # a cluster created for the run fits it
+    assert aml.intent(REF, "src", [], nodes=3).max_nodes == 4  # the tutorial's cpu-cluster
+    assert aml.intent(REF, "src", [], nodes=6).max_nodes == 6  # a cluster created for the run fits it
 
 
 def test_v1_and_v2_register_one_image_under_different_names_and_one_version():

@@ -55,8 +55,8 @@ def test_dry_run_prints_the_environment_and_run_configuration_field_by_field(sou
             "vm_size": "STANDARD_D2_V2",
             "vm_priority": "dedicated",
             "min_nodes": 0,
-            "max_nodes": 1,
-            "idle_seconds_before_scaledown": 1800,
+            "max_nodes": 4,  # the tutorial's cpu-cluster
+            "idle_seconds_before_scaledown": 2400,
         },
     }
     assert plan["snapshot"]["files"] <= 20 and plan["snapshot"]["bytes"] < 1_000_000
@@ -201,7 +201,7 @@ def test_two_nodes_use_pytorch_configuration(source, capsys):
     rc = plan["runConfiguration"]
     assert rc["framework"] == "PyTorch" and rc["nodeCount"] == 2
     assert rc["pytorch"] == {"communicationBackend": "nccl", "processCount": 4, "nodeCount": 2}
-    assert plan["compute"]["if_missing"]["max_nodes"] == 2  # a cluster created for the run can run it
+    assert plan["compute"]["if_missing"]["max_nodes"] == 4  # the tutorial's; more nodes get more (test_azure_aml)
     assert submit.main(["run", "--image", REF, "--dry-run", "--nodes", "3", "--max-nodes", "2"]) == 1
     assert "set MAX_NODES=3" in capsys.readouterr().err
 
@@ -293,7 +293,7 @@ def test_settings_come_from_makes_variables_with_the_intents_defaults(source, ca
     assert rc["arguments"] == ["--epochs", "3"] and rc["docker"]["shmSize"] == "4g" and rc["nodeCount"] == 2
     assert plan["compute"]["if_missing"] == {
         **plan["compute"]["if_missing"],
-        "max_nodes": 2,
+        "max_nodes": 4,
         "vm_priority": "lowpriority",
     }
     assert plan["compute"]["name"] == "cpu-cluster" and plan["experiment"] == "day1-experiment-train"
