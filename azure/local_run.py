@@ -42,7 +42,7 @@ import threading
 import time
 import uuid
 from io import BytesIO
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import standin
 
@@ -312,7 +312,7 @@ def collect(name, dest, owner):
                 writers |= {member.uid} if member.isfile() else set()
                 member.name = member.name.partition("/")[2]  # outputs/x -> x
                 if member.name:
-                    tar.extract(member, dest, filter="data")
+                    extract(tar, member, dest)
     except tarfile.ReadError:  # no ./outputs: the job never made one
         pass
     cp.wait()
@@ -320,6 +320,16 @@ def collect(name, dest, owner):
         for path in [dest, *dest.rglob("*")]:
             os.chown(path, *owner)
     return writers
+
+
+def extract(tar, member, dest):
+    """Files and folders, inside dest only; with tarfile's "data" filter too where Python has it (3.11.4
+    and later; Debian 12's python3 is 3.11.2, whose extract() takes no filter)."""
+    path = PurePosixPath(member.name)
+    if not (member.isfile() or member.isdir()) or path.is_absolute() or ".." in path.parts:
+        return
+    member.mode &= 0o755  # no setuid, setgid or sticky bit, nothing others may write
+    tar.extract(member, dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
 
 
 def run_nodes(plan, job, setting, run_id, volumes, command, outputs):

@@ -1,0 +1,48 @@
+"""azure/local_run.py's copy of a job's ./outputs: what lands on the host, with and without tarfile's filters."""
+
+import io
+import tarfile
+
+import pytest
+
+import local_run
+
+
+def outputs_tar():
+    """./outputs as `docker cp` streams it, with members no trainer writes: a way out, an absolute path, links."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind, data in [
+            ("outputs", tarfile.DIRTYPE, b""),
+            ("outputs/model.pt", tarfile.REGTYPE, b"weights"),
+            ("outputs/plots", tarfile.DIRTYPE, b""),
+            ("outputs/plots/curves.png", tarfile.REGTYPE, b"png"),
+            ("outputs/../escaped", tarfile.REGTYPE, b"out"),
+            ("outputs//etc/absolute", tarfile.REGTYPE, b"abs"),
+            ("outputs/passwd", tarfile.SYMTYPE, b""),
+            ("outputs/hard", tarfile.LNKTYPE, b""),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.mode = kind, len(data), 0o4777 if name.endswith(".pt") else 0o644
+            info.linkname = "/etc/passwd" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+@pytest.mark.parametrize("python", ["with the data filter", "without (Debian 12's 3.11.2)"])
+def test_only_files_and_folders_inside_the_destination_land_there(tmp_path, monkeypatch, python):
+    if python.startswith("with ") and not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no filters")
+    if python.startswith("without"):
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    dest = tmp_path / "run" / "outputs"
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=outputs_tar(), mode="r|") as tar:
+        for member in tar:
+            member.name = member.name.partition("/")[2]  # as collect() does: outputs/x -> x
+            if member.name:
+                local_run.extract(tar, member, dest)
+    landed = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert landed == ["run", "run/outputs", "run/outputs/model.pt", "run/outputs/plots", "run/outputs/plots/curves.png"]
+    assert (dest / "model.pt").read_bytes() == b"weights" and (dest / "model.pt").stat().st_mode & 0o7777 == 0o755
