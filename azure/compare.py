@@ -4,9 +4,10 @@
 
 A laptop run, a `COMPUTE=local` run or an Azure ML run downloaded from Studio (its outputs/ folder).
 Prints the image, code and package fingerprints (each the same or not), the recipe, the `loss` series
-with its largest difference, the final test accuracy and the weights' sha256. Exit 0 when the two are
-the same run (bit-identical weights, same recipe, same loss series: what two CPU runs of one recipe
-give), 1 with one line saying what differs, 2 when a folder is not a run's. Standard library only.
+(`train/epoch_loss` for a run too short to log `loss`) with its largest difference, the final test accuracy
+and the weights' sha256. Exit 0 when the two are the same run (bit-identical weights, same recipe, same loss
+series: what two CPU runs of one recipe give), 1 with one line saying what differs, 2 when a folder is not a
+run's. Standard library only.
 """
 
 import json
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from cli import RECIPE  # noqa: E402  (the trainer's own list; cli imports no torch)
 
 WIDTH = 34  # one column per run
+EPOCH_LOSS = "train/epoch_loss"  # the trainer logs it every epoch, beside the tutorial's `loss`
 
 
 class NotARun(Exception):
@@ -101,10 +103,13 @@ def rows(a, b):
     ra, rb = recipe(sa), recipe(sb)
     out = fingerprints(sa, sb) + [("recipe", "", "", None)]
     out += [(f"  {k}", ra[k], rb[k], ra[k] == rb[k]) for k in ra]
-    la, lb = ma.get("loss", {}), mb.get("loss", {})
+    # The tutorial's loss (every 2000 steps); a shorter run has only the loss of each epoch.
+    name = "loss" if ma.get("loss") or mb.get("loss") else EPOCH_LOSS
+    la, lb = ma.get(name, {}), mb.get(name, {})
     diff, step = loss_difference(la, lb)
-    out.append(("loss", series(la), series(lb), la == lb))
-    out.append(("  largest diff", "", "none shared" if diff is None else f"{diff:.3g} at step {step}", diff == 0))
+    out.append((name, series(la), series(lb), la == lb))
+    shown = "none shared" if diff is None else f"{diff:.3g} at step {step}"
+    out.append(("  largest diff", "", shown, None if diff is None else diff == 0))
     acc_a, acc_b = sa.get("final", {}).get("test/accuracy"), sb.get("final", {}).get("test/accuracy")
     out.append(("test/accuracy", acc_a, acc_b, acc_a == acc_b))
     out.append(("weights sha256", short(sa.get("weights_sha256")), short(sb.get("weights_sha256")), None))
@@ -118,7 +123,7 @@ def verdict(summary_a, summary_b, table):
     if weights is None or weights != summary_b.get("weights_sha256"):
         differs.append("weights")
     recipe_keys = [k for k in differs if k in (*RECIPE, "epochs")]
-    if recipe_keys or "loss" in differs or "weights" in differs:
+    if recipe_keys or {"loss", EPOCH_LOSS, "weights"} & set(differs):
         return 1, "differs: " + ", ".join(differs)
     note = f" ({', '.join(differs)} differ)" if differs else ""
     return 0, f"the same run: bit-identical weights{note}"

@@ -46,7 +46,7 @@ def test_two_containers_train_write_outputs_once_and_resume_after_both_stop(clus
     r = compose("up", "--abort-on-container-exit", "--exit-code-from", "node0", *NODES, args_for_train=full)
     assert r.stdout.count("Finished Training") == 1 and "node0" in r.stdout
     reference = json.loads((root / "outputs" / "full" / "summary.json").read_text())
-    assert reference["world_size"] == 2
+    assert reference["world_size"] == 2 and reference["image_ref"] == e2e_env.IMAGE  # `make compare` shows it
     names = [
         json.loads(line)["name"] for line in (root / "outputs" / "full" / "metrics.jsonl").read_text().splitlines()
     ]

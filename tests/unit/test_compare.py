@@ -42,6 +42,21 @@ def test_another_seed_is_another_run_and_one_line_says_what_differs(runs, capsys
     assert shown == pytest.approx(max(abs(a[s] - b[s]) for s in a), rel=1e-2)
 
 
+def test_runs_too_short_to_log_loss_compare_their_epoch_loss(tmp_path, capsys):
+    from runner import run_main
+
+    short = "--epochs 1 --fake-data 64 --batch-size 8"  # 8 steps: no `loss` at the default interval of 2000
+    for out, seed in (("a", 1), ("b", 1), ("c", 2)):
+        assert run_main(tmp_path, f"{short} --seed {seed}", out=out) == 0
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "DIFFERS" not in "\n".join(out), out
+    epoch_loss = next(line for line in out if line.startswith("train/epoch_loss"))
+    assert epoch_loss.count("1 points, last") == 2 and epoch_loss.endswith(" same")
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "c")]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].startswith("differs: seed, train/epoch_loss")
+
+
 def test_a_folder_that_holds_no_run_is_one_error_line(runs, tmp_path, capsys):
     assert compare.main([str(runs["first"]), str(tmp_path)]) == 2
     err = capsys.readouterr().err
