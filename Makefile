@@ -30,9 +30,11 @@ export CREATED  := $(shell git log -1 --format=%cI 2>/dev/null || echo 1970-01-0
 export SOURCE   := $(shell git config --get remote.origin.url 2>/dev/null | grep -E '^https://' || echo unknown)
 
 COMPOSE := docker compose
-# The run's link in the MLflow UI, at the port the host reaches `make ui`'s server on.
+# The run's link in the MLflow UI, at the port the host reaches `make ui`'s server on (asked once).
 ifeq ($(MLFLOW_TRACKING_URI),http://mlflow:5000)
-export TRACKING_UI_URL ?= http://$(shell $(COMPOSE) --profile tracking port mlflow 5000 2>/dev/null || echo 127.0.0.1:5000)
+ifndef TRACKING_UI_URL
+export TRACKING_UI_URL := http://$(shell $(COMPOSE) --profile tracking port mlflow 5000 2>/dev/null || echo 127.0.0.1:5000)
+endif
 endif
 comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest

@@ -181,8 +181,9 @@ class MlflowRun:
                 if Path(path).is_file():
                     self.client.log_artifact(self.run_id, str(path))
             self.client.set_terminated(self.run_id, status)
-            if self.link():
-                print(f"mlflow: {self.link()}")
+            link = self.link()
+            if link:
+                print(f"mlflow: {link}")
 
 
 class Metrics:
