@@ -17,6 +17,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import shlex
 import sys
 import urllib.error
@@ -31,45 +32,115 @@ CONFIG = Path(".azureml/config.json")
 SDK = os.environ.get("AML_SDK", "v1")  # the submit-v2 image sets v2
 
 
+# Each make variable is checked here, before anything is built or pushed: a value Azure would refuse
+# after the push, or one that would silently mean something else (NODES=0 was one node), ends here in
+# one `error:` line and exit status 2, like a bad flag.
+FLAG_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def flag(text):
-    return bool(text)
+    """LOW_PRIORITY, WAIT: 1/true/yes/on or 0/false/no/off (LOW_PRIORITY=0 was low priority)."""
+    if text.lower() not in FLAG_WORDS:
+        raise argparse.ArgumentTypeError(f"expected 1 or 0 (true/false, yes/no, on/off), got {text!r}")
+    return FLAG_WORDS[text.lower()]
 
 
 def auth_mode(text):
     if text not in ("auto", "interactive", "sp", "msi"):
-        raise argparse.ArgumentTypeError(f"AUTH={text}: expected auto, interactive, sp or msi")
+        raise argparse.ArgumentTypeError(f"expected auto, interactive, sp or msi, got {text!r}")
     return text
 
 
-def whole(text):
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+def count(text):
+    """NODES, PROCS_PER_NODE, MAX_NODES: at least one (0 would silently have been the default)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
+
+
+def matching(pattern, rule):
+    """An argparse type: the text if it matches pattern (fully), else `rule` in the error."""
+
+    def check(text):
+        if not re.fullmatch(pattern, text):
+            raise argparse.ArgumentTypeError(f"{rule}, got {text!r}")
+        return text
+
+    return check
+
+
+# azureml-core checks an experiment name as Azure ML does, but only in Experiment(), after the push:
+# azureml/_base_sdk_common/common.py, _valid_experiment_name: ^[a-zA-Z0-9][\w\-]{0,254}$ (1 to 255,
+# "Its first character has to be alphanumeric, and the rest may contain hyphens and underscores. No
+# whitespace is allowed."; Experiment's docstring, learn.microsoft.com azureml.core.experiment: "letters,
+# numbers, underscores, and dashes"). v2's experiment_name reaches the same service. \w would also take
+# non-ASCII letters: the documented set is taken.
+experiment_name = matching(
+    r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}",
+    "an experiment name is 1 to 255 letters, digits, _ and -, starting with a letter or digit",
+)
+# Compute names (Microsoft Learn, how-to-create-attach-compute-cluster: "Valid characters are upper and
+# lower case letters, digits, and the - character. Name must start with a letter"; 2 to 16 characters
+# for clusters in older pages, 3 to 24 in newer ones: the union is taken, the service has the last word).
+compute_name = matching(
+    r"local|[A-Za-z][A-Za-z0-9-]{1,23}", "a compute name is 2 to 24 letters, digits and -, starting with a letter"
+)
+# Azure VM sizes: Standard_NC6s_v3, STANDARD_D2_V2 (a typo is the service's to refuse; spaces are not)
+vm_size = matching(r"[A-Za-z][A-Za-z0-9_-]*", "a VM size is a name such as STANDARD_D2_V2 or Standard_NC6s_v3")
+# azure-ai-ml command(shm_size=...): "in the format of (number)(unit) where the number has to be greater
+# than 0 and the unit can be one of b(bytes), k(kilobytes), m(megabytes), or g(gigabytes)"
+shm_size = matching(r"[1-9][0-9]*[bkmg]", "expected (number)(unit) with unit b, k, m or g, such as 2g")
+# A datastore name (the default is workspaceblobstore); a folder on it, not a URI
+datastore_name = matching(r"[A-Za-z0-9_]{1,255}", "a datastore name is letters, digits and _")
+folder_on_datastore = matching(
+    r"(?!.*://)(?!(.*/)?\.\.(/|$))/*[^\s/][^\s]*", "expected a folder on DATASTORE such as datasets/cifar10 (not a URI)"
+)
+# A registry's login server as docker names it, lower case as an image reference wants (HOST[:PORT])
+registry_host = matching(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?", "expected a registry HOST[:PORT], lower case")
+identity_id = matching(
+    r"(?i)/subscriptions/[^/]+/(.+/)?userAssignedIdentities/[^/]+",
+    "expected the resource id of a user-assigned identity (/subscriptions/.../userAssignedIdentities/NAME)",
+)
+guid = matching(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}", "expected a client id (a GUID)")
+connection_name = matching(r"[A-Za-z0-9_-]{1,255}", "a connection name is letters, digits, _ and -")
+
+
+def train_args(text):
+    try:
+        return shlex.split(text)
+    except ValueError as e:  # an unbalanced quote
+        raise argparse.ArgumentTypeError(f"{e}: quote each flag's value as a shell would") from None
 
 
 # make variable: (type, help). `--name-in-lower-case` on the command line; the environment otherwise.
 SETTINGS = {
-    "EXPERIMENT": (str, f"experiment ({aml.EXPERIMENT}; with DATA_PATH {aml.EXPERIMENT_DATA})"),
-    "COMPUTE": (str, "compute cluster, created if missing; `local`: the rehearsal (azure/local_run.py)"),
-    "VM_SIZE": (str, "VM size, if the cluster is created"),
-    "MAX_NODES": (whole, "cluster size limit, if created (min is 0); default: 4 (the tutorial's), or NODES when more"),
+    "EXPERIMENT": (experiment_name, f"experiment ({aml.EXPERIMENT}; with DATA_PATH {aml.EXPERIMENT_DATA})"),
+    "COMPUTE": (compute_name, "compute cluster, created if missing; `local`: the rehearsal (azure/local_run.py)"),
+    "VM_SIZE": (vm_size, "VM size, if the cluster is created"),
+    "MAX_NODES": (count, "cluster size limit, if created (min is 0); default: 4 (the tutorial's), or NODES when more"),
     "LOW_PRIORITY": (flag, "low-priority VMs, if the cluster is created"),
-    "SHM_SIZE": (str, "/dev/shm of the training container"),
-    "NODES": (whole, "nodes of a distributed (DDP) run"),
-    "PROCS_PER_NODE": (whole, "processes (ranks) per node"),
-    "DATASTORE": (str, "datastore of DATA_PATH and CHECKPOINT_PATH"),
-    "DATA_PATH": (str, "datastore folder with CIFAR-10: the job's named input, mounted as --data-dir"),
-    "CHECKPOINT_PATH": (str, "datastore folder for checkpoints (survives preemption); the run resumes from it"),
-    "REGISTRY": (str, "push to this registry, not the workspace's (needs one of the two below)"),
-    "REGISTRY_IDENTITY": (str, "v1: resource id of the user-assigned identity that pulls from REGISTRY"),
-    "REGISTRY_IDENTITY_CLIENT_ID": (str, "v1: its client id"),
-    "REGISTRY_CONNECTION": (str, "v2: the workspace connection (container_registry) that pulls from REGISTRY"),
+    "SHM_SIZE": (shm_size, "/dev/shm of the training container"),
+    "NODES": (count, "nodes of a distributed (DDP) run"),
+    "PROCS_PER_NODE": (count, "processes (ranks) per node"),
+    "DATASTORE": (datastore_name, "datastore of DATA_PATH and CHECKPOINT_PATH"),
+    "DATA_PATH": (folder_on_datastore, "datastore folder with CIFAR-10: the job's named input, mounted as --data-dir"),
+    "CHECKPOINT_PATH": (
+        folder_on_datastore,
+        "datastore folder for checkpoints (survives preemption); the run resumes from it",
+    ),
+    "REGISTRY": (registry_host, "push to this registry, not the workspace's (needs one of the two below)"),
+    "REGISTRY_IDENTITY": (identity_id, "v1: resource id of the user-assigned identity that pulls from REGISTRY"),
+    "REGISTRY_IDENTITY_CLIENT_ID": (guid, "v1: its client id"),
+    "REGISTRY_CONNECTION": (
+        connection_name,
+        "v2: the workspace connection (container_registry) that pulls from REGISTRY",
+    ),
     "AUTH": (
         auth_mode,
         "auto: service principal if AZURE_CLIENT_ID/SECRET are set, else device code; sp, msi, interactive",
     ),
     "WAIT": (flag, "stream the run's logs until it ends"),
-    "TRAIN_ARGS": (shlex.split, "flags for train.py (or after --)"),
+    "TRAIN_ARGS": (train_args, "flags for train.py (or after --)"),
 }
 
 
@@ -88,10 +159,16 @@ def parse_args(argv):
     p.add_argument("--config", default=str(CONFIG), help="workspace config.json (or AZUREML_* variables)")
     for name, (kind, text) in SETTINGS.items():
         value = os.environ.get(name) or None
+        if value is not None:  # make's variable, checked as its flag would be, named as the user set it
+            try:
+                value = kind(value)
+            except argparse.ArgumentTypeError as e:
+                p.error(f"{name}={os.environ[name]}: {e}")
+        option = f"--{name.lower().replace('_', '-')}"
         if kind is flag:
-            p.add_argument(f"--{name.lower().replace('_', '-')}", action="store_true", default=bool(value), help=text)
+            p.add_argument(option, action="store_true", default=bool(value), help=text)
         else:
-            p.add_argument(f"--{name.lower().replace('_', '-')}", type=kind, default=value, help=text)
+            p.add_argument(option, type=kind, default=value, help=text)
     args = p.parse_args(ours)
     args.trainer_args = trainer or args.train_args or []
     if args.command == "run" and not args.image:
@@ -114,23 +191,44 @@ def check_source():
     return local
 
 
-def trainer_parse_args():
-    """The trainer's own parse_args, from the checked src/ (cli.py imports no torch; train.py before it)."""
+def trainer_module():
+    """The trainer's command-line module, from the checked src/ (cli.py imports no torch; train.py before it)."""
     sys.path.insert(0, str(SOURCE))
     try:
-        return importlib.import_module("cli" if (SOURCE / "cli.py").is_file() else "train").parse_args
+        return importlib.import_module("cli" if (SOURCE / "cli.py").is_file() else "train")
     finally:
         sys.path.remove(str(SOURCE))
+
+
+@contextlib.contextmanager
+def paths_on_the_cluster(module):
+    """`--resume PATH` names a checkpoint on the cluster (a mounted datastore folder), not on this machine:
+    while its parser checks TRAIN_ARGS, the trainer's resume_from (which wants an existing file here) takes
+    any non-empty PATH. cli.py builds its parser anew at each parse_args and looks resume_from up then."""
+    original = getattr(module, "resume_from", None)
+
+    def on_the_cluster(text):
+        if not text.strip():
+            raise argparse.ArgumentTypeError("expected a checkpoint path on the cluster or 'auto', got ''")
+        return text
+
+    if original is not None:
+        module.resume_from = on_the_cluster
+    try:
+        yield module.parse_args
+    finally:
+        if original is not None:
+            module.resume_from = original
 
 
 def check_trainer_args(job):
     """The arguments each rank will parse, through the trainer's own parser with the job's WORLD_SIZE: a
     typo ends here, in the trainer's one-line error and its exit status 2, before anything is pushed."""
-    parse = trainer_parse_args()
     argv = list(job.trainer_args)
     for mount in job.mounts:
         argv += [mount.flag, f"/mnt/azureml/{mount.name}", *mount.then]
-    with contextlib.redirect_stdout(sys.stderr):  # --help would print onto submit.sh's data
+    # --help would print onto submit.sh's data
+    with contextlib.redirect_stdout(sys.stderr), paths_on_the_cluster(trainer_module()) as parse:
         try:
             if "environ" in inspect.signature(parse).parameters:
                 parse(argv, environ={"WORLD_SIZE": str(job.processes)})
@@ -146,7 +244,7 @@ def job_intent(args, image):
     """The Intent from the settings; a registry other than the workspace's counts outside COMPUTE=local only."""
     names = ("experiment", "compute", "vm_size", "max_nodes", "low_priority", "shm_size", "nodes", "procs_per_node")
     names += ("datastore", "data_path", "checkpoint_path", "registry_connection")
-    settings = {k: getattr(args, k) for k in names if getattr(args, k) not in (None, False)}
+    settings = {k: getattr(args, k) for k in names if getattr(args, k) is not None and getattr(args, k) is not False}
     if args.registry and args.compute != "local":
         settings["registry"] = args.registry
         settings["registry_identity"] = (args.registry_identity, args.registry_identity_client_id)

@@ -9,8 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-cifar10-trainer:local}
-service=submit
-[ "${SDK:-v1}" = v2 ] && service=submit-v2
+case "${SDK:-v1}" in
+  v1) service=submit ;;
+  v2) service=submit-v2 ;;
+  *) echo "error: SDK=${SDK}: expected v1 (azureml-core) or v2 (azure-ai-ml)" >&2; exit 2 ;;
+esac
 # Whether a person can answer a device-code login: the first container runs without a TTY.
 [ -t 0 ] && [ -t 2 ] && export AML_TERMINAL=1
 dry=()

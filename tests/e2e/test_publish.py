@@ -46,7 +46,11 @@ def test_stale_src_is_refused_before_anything_is_pushed(worktree, registry):
 
 
 # A registry other than the workspace's (REGISTRY=) needs a pulling identity (v1); these tests push there.
-PULLER = {"REGISTRY_IDENTITY": "/subscriptions/0/userAssignedIdentities/puller", "REGISTRY_IDENTITY_CLIENT_ID": "cid"}
+CLIENT_ID = "0c1e7d00-0000-4000-8000-00000000c1d0"
+PULLER = {
+    "REGISTRY_IDENTITY": "/subscriptions/0/userAssignedIdentities/puller",
+    "REGISTRY_IDENTITY_CLIENT_ID": CLIENT_ID,
+}
 
 
 def test_missing_workspace_config_is_refused_before_anything_is_pushed(worktree, registry):
@@ -74,7 +78,7 @@ def test_make_submit_dry_run_prints_the_push_and_the_definitions_without_network
     assert f"would run: docker tag {IMAGE} {registry}/cifar10-trainer:" in r.stderr
     plan = json.loads(r.stdout[r.stdout.index("{") :])
     assert plan["environment"]["docker"]["baseImage"].startswith(f"{registry}/cifar10-trainer:")
-    assert plan["environment"]["docker"]["baseImageRegistry"]["registryIdentity"]["clientId"] == "cid"
+    assert plan["environment"]["docker"]["baseImageRegistry"]["registryIdentity"]["clientId"] == CLIENT_ID
     assert plan["runConfiguration"]["arguments"] == ["--epochs", "1"]
     assert "timing: check and login" in r.stderr and ", push " in r.stderr
 
@@ -96,6 +100,25 @@ def test_bad_train_args_end_in_the_trainers_error_exit_2_before_anything_is_push
     r = submit_sh(worktree, registry, SDK=sdk, COMPUTE="local", TRAIN_ARGS="--epochs zero")
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == ["error: argument --epochs: expected an integer, got 'zero' (see --help)"]
+    assert tags(registry) == before
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("SDK", "v3", "error: SDK=v3: expected v1 (azureml-core) or v2 (azure-ai-ml)"),  # ran v1
+        ("NODES", "0", "error: NODES=0: expected a whole number >= 1, got '0'"),  # was one node
+        ("EXPERIMENT", "bad/name", "error: EXPERIMENT=bad/name: an experiment name is 1 to 255 letters"),
+    ],
+)
+def test_a_make_variable_azure_would_refuse_ends_in_one_line_exit_2_before_any_push(
+    worktree, registry, variable, value, says
+):
+    before = tags(registry)
+    r = submit_sh(worktree, registry, COMPUTE="local", TRAIN_ARGS="--epochs 1", **{variable: value})
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(says), line
     assert tags(registry) == before
 
 

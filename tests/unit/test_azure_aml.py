@@ -6,6 +6,7 @@ import json
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +153,75 @@ def test_the_local_workspace_keeps_environments_and_refuses_a_changed_definition
         str(e.value)
     )
     assert len(json.loads((tmp_path / ".azureml" / "local-environments.json").read_text())) == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("NODES", "0", "NODES=0: expected a whole number >= 1"),  # was silently one node
+        ("PROCS_PER_NODE", "0", "PROCS_PER_NODE=0: expected a whole number >= 1"),
+        ("MAX_NODES", "two", "MAX_NODES=two: expected a whole number >= 1"),
+        ("EXPERIMENT", "bad/name", "EXPERIMENT=bad/name: an experiment name is 1 to 255 letters, digits, _ and -"),
+        ("EXPERIMENT", "-leading-dash", "starting with a letter or digit"),
+        ("EXPERIMENT", "x" * 256, "1 to 255"),
+        ("COMPUTE", "cpu_cluster", "COMPUTE=cpu_cluster: a compute name is 2 to 24 letters, digits and -"),
+        ("SHM_SIZE", "2 GB", "SHM_SIZE=2 GB: expected (number)(unit) with unit b, k, m or g"),
+        ("SHM_SIZE", "0g", "SHM_SIZE=0g"),
+        ("LOW_PRIORITY", "maybe", "LOW_PRIORITY=maybe: expected 1 or 0"),
+        ("DATASTORE", "my-store", "DATASTORE=my-store: a datastore name is letters, digits and _"),
+        ("DATA_PATH", "azureml://datastores/x/paths/y", "expected a folder on DATASTORE"),
+        ("CHECKPOINT_PATH", "../elsewhere", "expected a folder on DATASTORE"),
+        ("REGISTRY", "https://myreg.azurecr.io", "REGISTRY=https://myreg.azurecr.io: expected a registry HOST[:PORT]"),
+        ("REGISTRY_IDENTITY_CLIENT_ID", "not-a-guid", "expected a client id (a GUID)"),
+        ("AUTH", "password", "AUTH=password: expected auto, interactive, sp or msi"),
+        ("TRAIN_ARGS", "--epochs '1", "TRAIN_ARGS=--epochs '1: No closing quotation"),
+    ],
+)
+def test_each_make_variable_is_checked_in_one_line_exit_2(monkeypatch, capsys, variable, value, says):
+    """Before anything is pushed: a value Azure refuses after the push, or one that silently meant another."""
+    import submit
+
+    for name in submit.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as e:
+        submit.parse_args(["prepare", "--dry-run"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert says in err
+
+
+def test_valid_make_variables_keep_their_values(monkeypatch):
+    import submit
+
+    for name in submit.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    values = {"NODES": "2", "EXPERIMENT": "day1-experiment_2", "COMPUTE": "gpu-cluster", "SHM_SIZE": "16g"}
+    values |= {"LOW_PRIORITY": "0", "WAIT": "yes", "DATASTORE": "workspaceblobstore", "DATA_PATH": "/datasets/c10/"}
+    values |= {"REGISTRY": "127.0.0.1:5001", "TRAIN_ARGS": "--epochs 3 --resume 'ck/a b.pt'"}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    args = submit.parse_args(["prepare"])
+    assert (args.nodes, args.experiment, args.compute, args.shm_size) == (2, "day1-experiment_2", "gpu-cluster", "16g")
+    assert args.low_priority is False and args.wait is True  # LOW_PRIORITY=0 was low priority
+    assert args.trainer_args == ["--epochs", "3", "--resume", "ck/a b.pt"]
+    with pytest.raises(SystemExit) as e:  # the same check for the flags themselves
+        submit.parse_args(["prepare", "--nodes", "0"])
+    assert e.value.code == 2
+
+
+def test_a_resume_path_is_one_on_the_cluster_not_checked_here(monkeypatch, capsys):
+    """--resume PATH names a checkpoint on the cluster: the trainer's parser checks it for existence on the
+    machine it runs on, which for `make submit` is the submitting one; the other checks still apply."""
+    import cli
+    import submit
+
+    monkeypatch.setattr(submit, "SOURCE", Path(cli.__file__).parent)
+    job = aml.intent(REF, "src", ["--resume", "/mnt/azureml/checkpoints/run-1/last.pt"])
+    submit.check_trainer_args(job)
+    assert cli.resume_from.__name__ == "resume_from"  # put back: the trainer's own check is unchanged
+    for bad in (["--resume", ""], ["--resume", "x", "--epochs", "0"]):
+        with pytest.raises(SystemExit) as e:
+            submit.check_trainer_args(aml.intent(REF, "src", bad))
+        assert e.value.code == 2
+    assert "expected a checkpoint path on the cluster" in capsys.readouterr().err

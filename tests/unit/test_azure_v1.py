@@ -262,13 +262,16 @@ def test_a_registry_other_than_the_workspaces_needs_a_pulling_identity(source, c
     assert submit.main(["prepare", "--dry-run"]) == 1  # what submit.sh runs before any push
     capsys.readouterr()
     monkeypatch.setenv("REGISTRY_IDENTITY", "/subscriptions/0/userAssignedIdentities/puller")
-    monkeypatch.setenv("REGISTRY_IDENTITY_CLIENT_ID", "client-guid")
+    monkeypatch.setenv("REGISTRY_IDENTITY_CLIENT_ID", "0c1e7d00-0000-4000-8000-00000000c1d0")
     registry = dry_run(capsys)["environment"]["docker"]["baseImageRegistry"]
     assert registry == {
         "address": "other.registry.example",
         "username": None,
         "password": None,
-        "registryIdentity": {"resourceId": "/subscriptions/0/userAssignedIdentities/puller", "clientId": "client-guid"},
+        "registryIdentity": {
+            "resourceId": "/subscriptions/0/userAssignedIdentities/puller",
+            "clientId": "0c1e7d00-0000-4000-8000-00000000c1d0",
+        },
     }
     monkeypatch.setenv("COMPUTE", "local")  # the rehearsal pulls from any registry the host's Docker can
     assert dry_run(capsys)["environment"]["docker"]["baseImageRegistry"]["address"] is None

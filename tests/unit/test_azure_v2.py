@@ -121,7 +121,7 @@ def test_v2_a_registry_other_than_the_workspaces_needs_a_connection(source, tmp_
     err = capsys.readouterr().err
     assert "SDK v2 pulls with a workspace connection" in err and "REGISTRY_CONNECTION" in err
     monkeypatch.setenv("REGISTRY_IDENTITY", "/subscriptions/0/userAssignedIdentities/puller")  # v1's way
-    monkeypatch.setenv("REGISTRY_IDENTITY_CLIENT_ID", "client-guid")
+    monkeypatch.setenv("REGISTRY_IDENTITY_CLIENT_ID", "0c1e7d00-0000-4000-8000-00000000c1d0")
     assert submit.main(["prepare", "--dry-run"]) == 1
     monkeypatch.setenv("REGISTRY_CONNECTION", "other-acr")
     assert submit.main(["prepare", "--dry-run"]) == 0
