@@ -7,6 +7,7 @@ Functions marked "network" are the thin edge; everything else runs offline.
 """
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -30,7 +31,10 @@ TUTORIAL_MAX_NODES = 4  # its cpu-cluster's size (Intent.max_nodes)
 DATA_TARGET = "datasets/cifar10"
 # Stands in for the workspace's registry in a dry run, which reads nothing from Azure.
 WORKSPACE_REGISTRY_STANDIN = "workspace-registry.azurecr.io"
-IMAGE_REF = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9._:/-]*):(?P<tag>\w[\w.-]{0,127})@(?P<digest>sha256:[0-9a-f]{64})$")
+# REPO@sha256:DIGEST, as registered; REPO:TAG@sha256:DIGEST is taken too, and its tag dropped (pinned_image)
+IMAGE_REF = re.compile(
+    r"^(?P<repo>[a-z0-9][a-z0-9._:/-]*?)(:(?P<tag>\w[\w.-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$"
+)
 WORKSPACE_VARS = ("AZUREML_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME")
 SP_VARS = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET")
 SNAPSHOT_MAX_FILES, SNAPSHOT_MAX_BYTES = 2000, 300 * 1024 * 1024  # Azure ML's snapshot limits
@@ -51,19 +55,41 @@ class SubmitError(Exception):
 
 
 def parse_image_ref(ref):
-    """{'repo', 'tag', 'digest'} of repo:tag@sha256:..., or SubmitError for anything movable."""
+    """{'repo', 'tag', 'digest'} of repo[:tag]@sha256:..., or SubmitError for anything movable."""
     m = IMAGE_REF.match(ref or "")
     if not m:
         raise SubmitError(
-            f"image {ref!r} is not pinned as REPO:TAG@sha256:DIGEST; Azure ML caches images by "
+            f"image {ref!r} is not pinned as REPO@sha256:DIGEST; Azure ML caches images by "
             f"environment definition, so a moving tag can run stale code: let `make submit` push and read the digest"
         )
     return m.groupdict()
 
 
-def environment_version(image_ref):
-    """Version of the registered Environment: the image digest's first 16 hex digits."""
-    return parse_image_ref(image_ref)["digest"].split(":", 1)[1][:16]
+def pinned_image(ref):
+    """REPO@sha256:DIGEST: what the Environment registers. A tag beside the digest changes nothing that is
+    pulled, but it is part of the definition, and Azure refuses a changed definition under a registered
+    version; so the same build pushed from another commit (publish.sh's tag names the commit) would be
+    refused (R9). publish.sh needs a tag to push; the definition does not carry it."""
+    parts = parse_image_ref(ref)
+    return f"{parts['repo']}@{parts['digest']}"
+
+
+def environment_version(definition):
+    """Version of the registered Environment: 16 hex digits of the SHA-256 of its whole definition (the SDK's
+    own serialization less name and version), so that a version is never reused for another definition.
+
+    Azure ML: "Environment X with version Y is already registered and cannot be changed"
+    (github.com/Azure/azure-cli-extensions/issues/5440). The digest alone (the version until now) named
+    the same build pushed to another registry (another ACR, or the rehearsal's 127.0.0.1:5002 after :5001)
+    with the same version and another baseImage: refused. The same definition gets the same version, so a
+    resubmitted build is accepted as it is."""
+    text = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def definition_of(serialized):
+    """The definition a version is derived from: an Environment's serialization less name and version."""
+    return {k: v for k, v in serialized.items() if k not in ("name", "version")}
 
 
 def environment_name(sdk):
@@ -134,7 +160,7 @@ def intent(image, source_dir, trainer_args, datastore="workspaceblobstore", data
     input, in its experiment unless one is given), checkpoints writable at --checkpoint-dir with
     --resume auto, so a run restarted after preemption continues there (./outputs is not reliably
     restored then; --overwrite: a restart may find a partial one)."""
-    parse_image_ref(image)
+    image = pinned_image(image)
     mounts = []
     if data_path:
         mounts.append(Mount("cifar10", datastore, data_path.strip("/"), False, "--data-dir"))

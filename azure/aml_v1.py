@@ -8,7 +8,17 @@ import os
 import re
 from pathlib import Path
 
-from aml import ARM_SCOPE, INTERPRETER, SCRIPT, SP_VARS, SubmitError, environment_name, environment_version, login_mode
+from aml import (
+    ARM_SCOPE,
+    INTERPRETER,
+    SCRIPT,
+    SP_VARS,
+    SubmitError,
+    definition_of,
+    environment_name,
+    environment_version,
+    login_mode,
+)
 
 SDK = "v1"
 
@@ -24,12 +34,12 @@ def build_environment(intent):
     env.python.conda_dependencies = None
     env.python.interpreter_path = INTERPRETER
     env.environment_variables.clear()  # Environment()'s EXAMPLE_ENV_VAR; the setter is deprecated
-    env.version = environment_version(intent.image)
     if intent.registry:
         identity = RegistryIdentity()
         identity.resource_id, identity.client_id = intent.registry_identity
         env.docker.base_image_registry.address = intent.registry
         env.docker.base_image_registry.registry_identity = identity
+    env.version = environment_version(definition_of(Environment._serialize_to_dict(env)))  # last: all of it
     return env
 
 

@@ -11,7 +11,17 @@ import os
 import shlex
 from pathlib import Path
 
-from aml import ARM_SCOPE, INTERPRETER, SCRIPT, SP_VARS, SubmitError, environment_name, environment_version, login_mode
+from aml import (
+    ARM_SCOPE,
+    INTERPRETER,
+    SCRIPT,
+    SP_VARS,
+    SubmitError,
+    definition_of,
+    environment_name,
+    environment_version,
+    login_mode,
+)
 
 SDK = "v2"
 
@@ -39,12 +49,12 @@ def build_job(intent, ws=None):
         else:
             inputs[mount.name] = Input(type="uri_folder", path=datastore_uri(mount), mode="ro_mount")
             words += [mount.flag, f"${{{{inputs.{mount.name}}}}}", *mount.then]
+    environment = Environment(name=environment_name(SDK), image=intent.image)
+    environment.version = environment_version(definition_of(environment._to_dict()))
     return command(
         code=intent.source_dir,
         command=" ".join(words),
-        environment=Environment(
-            name=environment_name(SDK), version=environment_version(intent.image), image=intent.image
-        ),
+        environment=environment,
         compute=intent.compute,
         inputs=inputs,
         outputs=outputs,

@@ -7,7 +7,9 @@ Environments: name, version and definition, in .azureml/local-environments.json 
 workspace's config.json: this rehearsal's workspace), across runs. Azure ML refuses a changed
 definition under a registered version: "(UserError) Environment test_env with version 6 is already
 registered and cannot be changed" (github.com/Azure/azure-cli-extensions/issues/5440; azure-ai-ml's
-create_or_update PUTs the version it is given, azureml-core's register likewise); so does this.
+create_or_update PUTs the version it is given, azureml-core's register likewise); so does this. make submit
+derives each version from its whole definition (aml.environment_version): the same build pushed to another
+registry is another definition and another version, the same definition again is accepted.
 The datastore: LOCAL_DATASTORE (default .), the folder local_run.py mounts datastore paths from.
 Standard library only: it runs on the host, beside Docker.
 """
@@ -49,7 +51,9 @@ def register(plan):
     if key in known and known[key] != definition:
         raise LocalWorkspaceError(
             f"Environment {name} with version {version} is already registered and cannot be changed "
-            f"(Azure ML's answer; this rehearsal's registry is {path}: a new build gets a new version)"
+            f"(Azure ML's answer. make submit derives the version from the whole definition, so another "
+            f"definition under it was registered by something else: by hand, or by this project before the "
+            f"version was so derived; this rehearsal's registry is {path}: remove {key} from it)"
         )
     known[key] = definition
     path.parent.mkdir(parents=True, exist_ok=True)

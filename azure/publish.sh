@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Push IMAGE to REGISTRY under an immutable tag and print the reference to submit:
-#   REGISTRY/cifar10-trainer:<git revision>-<image id>@sha256:<pushed digest>
+# Push IMAGE to REGISTRY under an immutable tag and print the reference to submit, by digest alone:
+#   REGISTRY/cifar10-trainer@sha256:<pushed digest>
+# The tag (<git revision>-<image id>) is what a push needs and what a person reads in the registry; the
+# Environment registers the digest without it, so the same build pushed from any commit registers alike.
 # With DRY_RUN=1 it only prints the commands it would run (and the digest of an earlier
 # push of this very image, if there was one).
 set -euo pipefail
@@ -24,11 +26,11 @@ if [ -n "${DRY_RUN:-}" ]; then
   echo "would run: docker tag $image $tag && docker push $tag" >&2
   digest=$(pushed_digest || true)
   [ -n "$digest" ] || echo "(the digest is known once pushed; zeros stand in for it below)" >&2
-  echo "$tag@${digest:-sha256:$(printf '0%.0s' {1..64})}"
+  echo "$repo@${digest:-sha256:$(printf '0%.0s' {1..64})}"
   exit 0
 fi
 docker tag "$id" "$tag"
 docker push --quiet "$tag" >&2
 digest=$(pushed_digest || true)
 [ -n "$digest" ] || { echo "error: pushed $tag but found no digest for $repo" >&2; exit 1; }
-echo "$tag@$digest"
+echo "$repo@$digest"

@@ -14,7 +14,8 @@ import aml
 import local_workspace
 
 DIGEST = "sha256:" + "ef56" * 16
-REF = f"registry.example/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
+REF = f"registry.example/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"  # as publish.sh printed it until R9
+PINNED = f"registry.example/cifar10-trainer@{DIGEST}"  # as it prints it now, and as the Environment registers it
 REGISTRY_ID = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/myreg"
 
 
@@ -100,11 +101,10 @@ def test_the_intent_mounts_data_read_only_and_checkpoints_writable():
     job = aml.intent(REF, "src", ["--epochs", 1], data_path="/datasets/cifar10/", checkpoint_path="ck/run-1")
     # with data: the tutorial's part 4 experiment
     assert job.trainer_args == ("--epochs", "1") and job.experiment == "day1-experiment-data"
-    assert job.compute == "cpu-cluster" and job.environment_variables == {"IMAGE_REF": REF}
+    assert job.compute == "cpu-cluster" and job.environment_variables == {"IMAGE_REF": PINNED}
     data, checkpoints = job.mounts
     assert (data.path, data.writable, data.flag, data.then) == ("datasets/cifar10", False, "--data-dir", ())
     assert (checkpoints.writable, checkpoints.then) == (True, ("--resume", "auto", "--overwrite"))
-    assert aml.environment_version(REF) == "ef56ef56ef56ef56"
 
 
 def test_more_nodes_than_the_cluster_allows_is_refused():
@@ -114,12 +114,29 @@ def test_more_nodes_than_the_cluster_allows_is_refused():
     assert aml.intent(REF, "src", [], nodes=6).max_nodes == 6  # a cluster created for the run fits it
 
 
-def test_v1_and_v2_register_one_image_under_different_names_and_one_version():
-    """Environment versions are immutable and the SDKs' definitions differ: one (name, version) each."""
-    v1 = (aml.environment_name("v1"), aml.environment_version(REF))
-    v2 = (aml.environment_name("v2"), aml.environment_version(REF))
-    assert v1 != v2 and v1[1] == v2[1]
+def test_the_two_sdks_register_under_names_of_their_own():
+    """Environment versions are immutable and the SDKs' definitions differ: a name each."""
+    assert aml.environment_name("v1") != aml.environment_name("v2")
     assert not any(n.lower().startswith(("azureml", "microsoft")) for n in aml.ENV_NAMES.values())  # reserved
+
+
+def test_the_registered_image_is_the_digest_without_the_tag_publish_sh_pushed():
+    """R9: the same digest pushed from two commits (publish.sh's tag names the commit) is one definition."""
+    assert aml.pinned_image(REF) == aml.pinned_image(REF.replace("0123456789ab", "ba9876543210")) == PINNED
+    assert aml.pinned_image(PINNED) == PINNED
+    assert aml.pinned_image(f"127.0.0.1:5001/cifar10-trainer@{DIGEST}") == f"127.0.0.1:5001/cifar10-trainer@{DIGEST}"
+    assert aml.intent(REF, "src", []).image == PINNED
+
+
+def test_the_version_follows_the_whole_definition():
+    """The same build in a second registry (another ACR; the rehearsal's :5002 after :5001) is another
+    definition: under the digest-only version it was refused as 'already registered and cannot be changed'."""
+    first = {"image": f"127.0.0.1:5001/cifar10-trainer@{DIGEST}"}
+    second = {"image": f"127.0.0.1:5002/cifar10-trainer@{DIGEST}"}
+    assert aml.environment_version(first) != aml.environment_version(second)
+    assert aml.environment_version(first) == aml.environment_version(dict(first))  # the same again: accepted
+    assert len(aml.environment_version(first)) == 16
+    assert aml.definition_of({"name": "n", "version": "1", **first}) == first
 
 
 def test_a_registry_other_than_the_workspaces_is_refused_unless_the_sdks_documented_way_is_set():
@@ -136,22 +153,36 @@ def test_a_registry_other_than_the_workspaces_is_refused_unless_the_sdks_documen
 
 
 def plan(sdk, definition):
-    env = {"name": aml.environment_name(sdk), "version": aml.environment_version(REF), **definition}
+    env = {"name": aml.environment_name(sdk), "version": aml.environment_version(definition), **definition}
     return {"sdk": sdk, "environment": env} if sdk == "v1" else {"sdk": sdk, "job": {"environment": env}}
 
 
 def test_the_local_workspace_keeps_environments_and_refuses_a_changed_definition(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    v1 = {"docker": {"baseImage": REF}, "python": {"interpreterPath": "/opt/venv/bin/python"}}
-    assert local_workspace.register(plan("v1", v1)) == "cifar10-trainer:ef56ef56ef56ef56"
-    assert local_workspace.register(plan("v2", {"image": REF})) == "cifar10-trainer-v2:ef56ef56ef56ef56"
+    v1 = {"docker": {"baseImage": PINNED}, "python": {"interpreterPath": "/opt/venv/bin/python"}}
+    v1_key = local_workspace.register(plan("v1", v1))
+    assert v1_key == f"cifar10-trainer:{aml.environment_version(v1)}"
+    assert local_workspace.register(plan("v2", {"image": PINNED})).startswith("cifar10-trainer-v2:")
     local_workspace.register(plan("v1", v1))  # the same definition again: fine, as on Azure
+    changed = plan("v1", {**v1, "python": {"interpreterPath": "python"}})
+    local_workspace.register(changed)  # another definition is another version
+    changed["environment"]["version"] = aml.environment_version(v1)  # ... unless registered by something else
     with pytest.raises(local_workspace.LocalWorkspaceError) as e:
-        local_workspace.register(plan("v1", {**v1, "python": {"interpreterPath": "python"}}))
-    # Azure ML's own words (github.com/Azure/azure-cli-extensions/issues/5440)
-    assert "Environment cifar10-trainer with version ef56ef56ef56ef56 is already registered and cannot be changed" in (
+        local_workspace.register(changed)
+    # Azure ML's own words (github.com/Azure/azure-cli-extensions/issues/5440), and what is true here
+    version = aml.environment_version(v1)
+    assert f"Environment cifar10-trainer with version {version} is already registered and cannot be changed" in (
         str(e.value)
     )
+    assert "registered by something else" in str(e.value) and f"remove cifar10-trainer:{version}" in str(e.value)
+    assert len(json.loads((tmp_path / ".azureml" / "local-environments.json").read_text())) == 3
+
+
+def test_the_local_workspace_takes_one_build_pushed_to_a_second_registry(tmp_path, monkeypatch):
+    """The rehearsal's bug: make submit COMPUTE=local REGISTRY=127.0.0.1:5001, then :5002, one build."""
+    monkeypatch.chdir(tmp_path)
+    for port in (5001, 5002):
+        local_workspace.register(plan("v2", {"image": f"127.0.0.1:{port}/cifar10-trainer@{DIGEST}"}))
     assert len(json.loads((tmp_path / ".azureml" / "local-environments.json").read_text())) == 2
 
 

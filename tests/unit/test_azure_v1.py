@@ -17,7 +17,7 @@ from provenance import source_digest  # noqa: E402
 SRC = Path(__file__).resolve().parents[2] / "src"
 SDK = "v1"  # conftest's `source` fixture runs submit.py with this SDK
 DIGEST = "sha256:" + "ab12" * 16
-REF = f"myws.azurecr.io/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
+REF = f"myws.azurecr.io/cifar10-trainer@{DIGEST}"  # as publish.sh prints it
 
 
 def dry_run(capsys, *extra):
@@ -32,7 +32,7 @@ def test_dry_run_prints_the_environment_and_run_configuration_field_by_field(sou
     assert plan["experiment"] == "day1-experiment-train"  # the Azure tutorial's
     env = plan["environment"]
     assert env["name"] == "cifar10-trainer" and not env["name"].lower().startswith(("azureml", "microsoft"))
-    assert env["version"] == "ab12ab12ab12ab12"  # from the digest
+    assert env["version"] == aml.environment_version(aml.definition_of(env))  # from the whole definition
     assert env["docker"]["baseImage"] == REF
     assert env["python"]["userManagedDependencies"] is True
     assert env["python"]["interpreterPath"] == "/opt/venv/bin/python"
@@ -105,13 +105,26 @@ def test_data_is_the_tutorials_named_input_and_checkpoints_a_mount_the_run_resum
     "ref",
     [
         "myws.azurecr.io/cifar10-trainer:latest",
-        f"myws.azurecr.io/cifar10-trainer@{DIGEST}",
+        "myws.azurecr.io/cifar10-trainer",
         "myws.azurecr.io/cifar10-trainer:v1@sha256:123",
     ],
 )
 def test_a_moving_or_malformed_image_reference_is_refused(source, capsys, ref):
     assert submit.main(["run", "--image", ref, "--dry-run"]) == 1
-    assert "is not pinned as REPO:TAG@sha256:DIGEST" in capsys.readouterr().err
+    assert "is not pinned as REPO@sha256:DIGEST" in capsys.readouterr().err
+
+
+def test_one_build_registers_alike_from_any_commit_and_anew_in_another_registry(source, capsys, tmp_path, monkeypatch):
+    """R9: publish.sh's tag names the commit, the Environment registers the digest alone; and the version
+    follows the whole definition, so the same build in a second registry is a new version, not a refusal."""
+    tagged = [dry_run(capsys, "--image", REF.replace("@", f":{tag}@"))["environment"] for tag in ("0123ab", "4567cd")]
+    assert tagged[0] == tagged[1] == dry_run(capsys)["environment"]
+    assert tagged[0]["docker"]["baseImage"] == REF
+    other = dry_run(capsys, "--image", REF.replace("myws.azurecr.io", "other.azurecr.io"))["environment"]
+    assert other["version"] != tagged[0]["version"]
+    monkeypatch.chdir(tmp_path)  # the rehearsal's registry takes both, as Azure would
+    for env in (tagged[0], other, tagged[1]):
+        local_workspace.register({"sdk": "v1", "environment": env})
 
 
 def test_src_that_differs_from_the_image_is_refused(source, capsys):

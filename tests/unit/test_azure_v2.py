@@ -6,11 +6,13 @@ import pytest
 
 pytest.importorskip("azure.ai.ml", reason="SDK v2 tests run in the submit-v2 image")
 
+import aml  # noqa: E402
+import local_workspace  # noqa: E402
 import submit  # noqa: E402
 
 SDK = "v2"  # conftest's `source` fixture runs submit.py with this SDK
 DIGEST = "sha256:" + "cd34" * 16
-REF = f"myws.azurecr.io/cifar10-trainer:0123456789ab-fedcba987654@{DIGEST}"
+REF = f"myws.azurecr.io/cifar10-trainer@{DIGEST}"  # as publish.sh prints it
 
 
 def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
@@ -20,7 +22,8 @@ def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
     job = plan["job"]
     assert job["type"] == "command" and job["compute"] == "azureml:cpu-cluster"
     # Not v1's name: one version, one definition (v1 registers a python section on the same image)
-    assert job["environment"] == {"name": "cifar10-trainer-v2", "version": "cd34cd34cd34cd34", "image": REF}
+    version = aml.environment_version({"tags": {}, "image": REF})  # its whole definition, as azure-ai-ml has it
+    assert job["environment"] == {"name": "cifar10-trainer-v2", "version": version, "image": REF}
     assert job["component"]["command"] == "/opt/venv/bin/python train.py --epochs 1"
     assert job["environment_variables"] == {"IMAGE_REF": REF}
     assert job["component"]["code"] == str(source)
@@ -47,6 +50,22 @@ def test_v2_dataset_and_checkpoints_are_datastore_uris(source, capsys):
     assert job["outputs"]["checkpoints"]["mode"] == "rw_mount"
     assert job["outputs"]["checkpoints"]["path"].endswith("/paths/checkpoints/cifar10/run-1")
     assert plan["compute"]["tier"] == "low_priority"
+
+
+def test_v2_one_build_registers_alike_from_any_commit_and_anew_in_another_registry(
+    source, capsys, tmp_path, monkeypatch
+):
+    def environment(ref):
+        assert submit.main(["run", "--image", ref, "--dry-run"]) == 0
+        return json.loads(capsys.readouterr().out)["job"]["environment"]
+
+    tagged = [environment(REF.replace("@", f":{tag}@")) for tag in ("0123ab", "4567cd")]
+    assert tagged[0] == tagged[1] == environment(REF)
+    other = environment(REF.replace("myws.azurecr.io", "127.0.0.1:5002"))
+    assert other["version"] != tagged[0]["version"]
+    monkeypatch.chdir(tmp_path)
+    for env in (tagged[0], other):
+        local_workspace.register({"sdk": "v2", "job": {"environment": env}})
 
 
 def test_v2_refuses_stale_source_and_moving_tags(source, capsys):
