@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from model import Net
-from sgd import FlatSGD
+from sgd import FlatSGD, StateSGD
 
 
 def batches(n, seed=0, batch=4):
@@ -98,3 +98,22 @@ def test_a_channels_last_model_keeps_its_layout_and_the_same_bits():
     assert train(*ours, data) == train(*theirs, data)
     assert same_weights(ours[0], theirs[0])
     assert ours[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_state_holders_unwrapped_methods_do_what_torch_sgds_do():
+    """StateSGD takes add_param_group, state_dict and load_state_dict from under torch.optim's
+    torch._disable_dynamo wrapper (their __wrapped__, docs/upgrading.md): still torch.optim.SGD's own."""
+    assert all(getattr(StateSGD, m) is not getattr(torch.optim.SGD, m) for m in ("state_dict", "load_state_dict"))
+    model, data = Net(), batches(5)
+    theirs = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    train(model, theirs, data)  # some momentum to carry
+    ours = StateSGD(model.parameters(), lr=0.01, momentum=0.9)
+    assert ours.param_groups == theirs.param_groups  # add_param_group's defaults filled in alike
+    ours.load_state_dict(theirs.state_dict())
+    mine, expected = ours.state_dict(), theirs.state_dict()
+    assert mine["param_groups"] == expected["param_groups"] and mine["state"].keys() == expected["state"].keys()
+    buffers = [(mine["state"][k]["momentum_buffer"], expected["state"][k]["momentum_buffer"]) for k in mine["state"]]
+    assert len(buffers) == 10 and all(torch.equal(a, b) for a, b in buffers)
+    fresh_sgd = torch.optim.SGD(Net().parameters(), lr=0.5)
+    fresh_sgd.load_state_dict(mine)  # and torch's SGD takes what StateSGD saved
+    assert fresh_sgd.state_dict()["param_groups"] == expected["param_groups"]

@@ -5,6 +5,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+import torch.nn.functional as F
 from runner import metric, run_main, weights
 from torch import nn
 
@@ -14,7 +15,7 @@ import train
 from device import Device
 from model import Net
 from sgd import FlatSGD
-from step import DirectStep, make_step
+from step import DILATION, IGNORE, MEAN, PADDING, POOL, STRIDE, DirectStep, make_step
 
 CPU = Device("cpu", nullcontext(), torch.contiguous_format)
 LR, MOMENTUM = 0.001, 0.9
@@ -158,3 +159,75 @@ def test_the_trainer_resumed_from_a_mid_epoch_checkpoint_ends_with_the_tutorials
     assert metric(tmp_path / "resumed", "loss") == losses[10:]
     saved = weights(tmp_path / "resumed" / "model.pt")
     assert all(torch.equal(saved[k], v) for k, v in net.state_dict().items())
+
+
+def autograd_grads(f, inputs, grad_output):
+    """What autograd's backward gives each of `inputs` for f(*inputs), given the gradient of the output."""
+    inputs = [t.detach().requires_grad_() for t in inputs]
+    return torch.autograd.grad(f(*inputs), inputs, grad_output)
+
+
+def kernel_pairs():
+    """Each private or undocumented torch name DirectStep calls (docs/upgrading.md), on a batch of 4 through the
+    tutorial's Net, next to the public call or autograd gradient it stands for: {name: (ours, theirs)}."""
+    torch.manual_seed(0)
+    w, b = Net().conv1.weight.detach(), Net().conv1.bias.detach()
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    conv = F.conv2d(x, w, b)
+    r = F.relu(conv)
+    p, i = F.max_pool2d(r, 2, 2, return_indices=True)
+    z = torch.randn(4, 10)
+    lp = F.log_softmax(z, 1)
+    loss, total_weight = step_module.nll_loss_forward(lp, y, None, MEAN, IGNORE)
+    g_conv, g_pool, g_z = torch.randn_like(conv), torch.randn_like(p), torch.randn_like(z)
+    mask = [True, True, True]
+    return {
+        "torch.mkldnn_convolution": (torch.mkldnn_convolution(x, w, b, PADDING, STRIDE, DILATION, 1), conv),
+        "torch.clamp_min": (torch.clamp_min(conv, 0), r),
+        "torch._C._nn.max_pool2d_with_indices": (torch._C._nn.max_pool2d_with_indices(r, *POOL), (p, i)),
+        "torch._log_softmax": (torch._log_softmax(z, 1, False), lp),
+        "aten.nll_loss_forward": ((loss,), (F.nll_loss(lp, y),)),
+        "aten.nll_loss_backward": (
+            step_module.nll_loss_backward(torch.ones(()), lp, y, None, MEAN, IGNORE, total_weight),
+            autograd_grads(lambda t: F.nll_loss(t, y), [lp], torch.ones(()))[0],
+        ),
+        "torch._log_softmax_backward_data": (
+            torch._log_softmax_backward_data(g_z, lp, 1, torch.float32),
+            autograd_grads(lambda t: F.log_softmax(t, 1), [z], g_z)[0],
+        ),
+        "aten.threshold_backward": (
+            step_module.threshold_backward(g_conv, r, 0),
+            autograd_grads(F.relu, [conv], g_conv)[0],
+        ),
+        "aten.max_pool2d_with_indices_backward": (
+            step_module.max_pool2d_backward(g_pool, r, *POOL, i),
+            autograd_grads(lambda t: F.max_pool2d(t, 2, 2), [r], g_pool)[0],
+        ),
+        "aten.convolution_backward": (
+            step_module.convolution_backward(g_conv, x, w, [len(b)], STRIDE, PADDING, DILATION, False, [0, 0], 1, mask),
+            autograd_grads(F.conv2d, [x, w, b], g_conv),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(kernel_pairs()))
+def test_each_private_kernel_equals_its_public_counterpart_bit_for_bit(name):
+    """One name at a time, so that a torch upgrade that changes one says which (docs/upgrading.md)."""
+    ours, theirs = kernel_pairs()[name]
+    ours, theirs = (ours, theirs) if isinstance(theirs, tuple) else ((ours,), (theirs,))
+    assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # mkldnn.flags() sets that too
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 4, 512])
+def test_onednn_convolutions_says_whether_conv2d_runs_onednns_kernel(enabled, batch_size):
+    """onednn_convolutions asks torch._C._select_conv_backend; the profiler shows what F.conv2d really ran."""
+    x, w = torch.rand(batch_size, 3, 32, 32), Net().conv1.weight.detach()
+    with torch.backends.mkldnn.flags(enabled=enabled):
+        said = step_module.onednn_convolutions()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            F.conv2d(x, w)
+    ran = {event.name for event in profile.events()}
+    assert said == enabled
+    assert ("aten::mkldnn_convolution" in ran) == said, sorted(ran)
