@@ -1,7 +1,8 @@
 """The tutorial's SGD(lr, momentum) over one flat copy of the weights: the same arithmetic in 4 ops a step.
 
 torch.optim.SGD updates each of the Net's 10 parameter tensors on its own (its foreach path falls back
-to a loop on the CPU), inside a profiling wrapper: about 100 us of a 1 ms step at batch 4. Here the
+to a loop on the CPU), inside a profiling wrapper: at batch 4 that is a visible share of a step
+(docs/perf.md, "A step at batch 4"). Here the
 weights live in one flat tensor (each parameter is a view of its slice), the gradients are gathered
 with one cat, and the update is the elementwise float32 ops torch's SGD does, on all 62,006 numbers
 at once: buf = grad (first step), then buf = buf * momentum + grad; weights += -lr * buf. Elementwise
@@ -16,8 +17,9 @@ import torch
 class StateSGD(torch.optim.SGD):
     """torch.optim.SGD as FlatSGD's holder of hyperparameters and state, minus torch.compile's guard.
     torch.optim wraps these methods in torch._disable_dynamo, which imports torch._dynamo and sympy on
-    the first call (1.3 s of start-up in the image, before the first line) only to keep a compiler out
-    of them; nothing here is compiled, so they are the methods themselves."""
+    the first call (seconds of start-up before the first line: docs/perf.md, "Start-up, exit, threads and
+    the allocator") only to keep a compiler out of them; nothing here is compiled, so they are the
+    methods themselves. A torch upgrade may change that wrapper: docs/upgrading.md."""
 
     add_param_group = torch.optim.SGD.add_param_group.__wrapped__
     state_dict = torch.optim.SGD.state_dict.__wrapped__

@@ -1,14 +1,15 @@
 """The training step, chosen once per run: autograd's, or the same kernels called directly.
 
-At the tutorial's batch of 4 a step's kernels take about a millisecond, and autograd around them (graph
-nodes, saved tensors, the engine, nn.Module calls, conv2d -> convolution -> _convolution) adds 20-40%
-(docs/perf.md, "A step at batch 4"; `make bench ARGS=--loop` measures it now). For the default run
+At the tutorial's batch of 4 each kernel is tiny, so autograd around them (graph nodes, saved tensors,
+the engine, nn.Module calls, conv2d -> convolution -> _convolution) is a large share of a step: docs/perf.md,
+"A step at batch 4" (`make bench ARGS=--loop` measures it). For the default run
 (the tutorial's Net, float32 on the CPU, one process, FlatSGD)
 DirectStep calls the kernels autograd calls, with the same arguments (torch.profiler lists them, the
 formulas are torch's derivatives.yaml), and nothing else: no graph, and the gradients written straight
 into one flat buffer that FlatSGD.update reads. Losses, gradients and weights are autograd's and
 torch.optim.SGD's bit for bit (tests/unit/test_step.py). Anything else (CUDA, bf16 autocast, DDP,
-another model or optimizer, oneDNN switched off) takes autograd's step.
+another model or optimizer, oneDNN switched off) takes autograd's step. The private torch names here, and
+the test that guards each through a torch upgrade: docs/upgrading.md.
 """
 
 from typing import NamedTuple
