@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -286,17 +287,21 @@ def login_server_of(registry):
     return server
 
 
-def registry_login_server(registry_id, arm_token, arm=ARM):  # network
-    """The login server of the workspace's registry, read from its ARM resource: it is not always
-    NAME.azurecr.io (sovereign clouds, upper-case names)."""
+def registry_resource(registry_id, arm_token, arm=ARM):  # network
+    """The workspace's registry as ARM returns it (Registries - Get): its login server (not always
+    NAME.azurecr.io: sovereign clouds, upper-case names) and whether its admin user is on."""
     if not registry_id:
         raise SubmitError(
             "the workspace has no container registry yet: create and attach one (docs/azure.md, first-time set-up)"
         )
-    url = f"{arm}{registry_id}?api-version={REGISTRY_API_VERSION}"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {arm_token}"})
-    with urllib.request.urlopen(request, timeout=60) as r:
-        return login_server_of(json.load(r))
+    registry = arm_get(registry_id, arm_token, REGISTRY_API_VERSION, arm)
+    if registry is None:
+        raise SubmitError(f"the workspace's registry {registry_id} does not exist: attach another (docs/azure.md)")
+    return registry
+
+
+def registry_login_server(registry_id, arm_token, arm=ARM):  # network
+    return login_server_of(registry_resource(registry_id, arm_token, arm))
 
 
 def acr_refresh_token(login_server, aad_token, base=None):  # network
@@ -315,3 +320,185 @@ def acr_refresh_token(login_server, aad_token, base=None):  # network
     )
     with urllib.request.urlopen(request, timeout=60) as r:
         return json.load(r)["refresh_token"]
+
+
+# --- What prepare reads before the push: the registry, the cluster, who may pull (R1, R7) ---------------
+# Compute - Get (Azure/azure-rest-api-specs, machinelearningservices stable/2024-04-01, Compute/get.json):
+# {"identity": {"type": "SystemAssigned"|"UserAssigned"|"SystemAssigned,UserAssigned"|"None", "principalId",
+# "userAssignedIdentities": {id: {"principalId", "clientId"}}}, "properties": {"computeType": "AmlCompute",
+# "properties": {"vmSize", "vmPriority": "Dedicated"|"LowPriority", "scaleSettings": {"maxNodeCount",
+# "minNodeCount", "nodeIdleTimeBeforeScaleDown"}}}}; 404 when there is none. azure-ai-ml's own REST models
+# (_restclient/arm_ml_service/models: ComputeResource, AmlComputeProperties, ScaleSettings,
+# ManagedServiceIdentity) serialize to these names (tests/unit/test_azure_v2.py checks).
+COMPUTE_API_VERSION = "2024-04-01"
+# Role Assignments - List For Scope (Microsoft.Authorization 2022-04-01): $filter=principalId eq '{id}'
+# returns the principal's assignments at, above or below the scope; each {"properties": {"roleDefinitionId"}}.
+ROLE_ASSIGNMENTS_API_VERSION = "2022-04-01"
+# Built-in roles that let an identity pull from a registry (learn.microsoft.com, azure/role-based-access-control/
+# built-in-roles): AcrPull, AcrPush, Contributor, Owner, and on an ABAC-enabled registry Container Registry
+# Repository Reader (which ignores AcrPull). A custom role is not recognised: refused as having none.
+PULL_ROLES = {
+    "7f951dda-4ed3-4680-a7ca-43fe172d538d": "AcrPull",
+    "8311e382-0749-4cb8-b61a-304f252e45ec": "AcrPush",
+    "b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",
+    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635": "Owner",
+    "b93aa761-3e63-49ed-ac28-beffa264f7ac": "Container Registry Repository Reader",
+}
+
+
+def arm_get(path, arm_token, api_version, arm=ARM, query=""):  # network
+    """GET an ARM resource: its JSON, or None when ARM answers 404 (no such resource)."""
+    url = f"{arm}{urllib.parse.quote(path)}?api-version={api_version}{query}"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {arm_token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise
+
+
+def compute_id(settings, name):
+    return (
+        f"/subscriptions/{settings['subscription_id']}/resourceGroups/{settings['resource_group']}/providers/"
+        f"Microsoft.MachineLearningServices/workspaces/{settings['workspace_name']}/computes/{name}"
+    )
+
+
+def principals(compute):
+    """The principal ids of a compute's managed identities (system-assigned first)."""
+    identity = (compute or {}).get("identity") or {}
+    ids = [identity.get("principalId")] + [
+        u.get("principalId") for u in (identity.get("userAssignedIdentities") or {}).values()
+    ]
+    return [i for i in ids if i]
+
+
+def read_state(settings, registry, compute_name, arm_token, arm=ARM):  # network
+    """What check_cluster judges, read from ARM: {"registry", "compute", "roleAssignments"}. The same shape
+    is what AZURE_RESOURCES gives a dry run. roleAssignments: None where they could not be read (403)."""
+    compute = arm_get(compute_id(settings, compute_name), arm_token, COMPUTE_API_VERSION, arm)
+    roles = []
+    for principal in principals(compute):
+        try:
+            found = arm_get(
+                f"{registry['id']}/providers/Microsoft.Authorization/roleAssignments",
+                arm_token,
+                ROLE_ASSIGNMENTS_API_VERSION,
+                arm,
+                "&$filter=" + urllib.parse.quote(f"principalId eq '{principal}'"),
+            )
+        except urllib.error.HTTPError as e:
+            if e.code != 403:
+                raise
+            roles = None  # no right to read them: said, not refused
+            break
+        roles += (found or {}).get("value", [])
+    return {"registry": registry, "compute": compute, "roleAssignments": roles}
+
+
+def props(resource):
+    """An ARM resource's properties, or the flattened object `az acr show` / `az role assignment list` print."""
+    return (resource or {}).get("properties", resource or {})
+
+
+def identity_of(compute):
+    """'SystemAssigned', 'UserAssigned', 'SystemAssigned,UserAssigned' or 'None', as ARM spells it."""
+    return ((compute or {}).get("identity") or {}).get("type") or "None"
+
+
+def cluster_differences(job, compute):
+    """R7: an existing cluster is used as it is. One line for each way it differs from what a cluster created
+    here would be; NODES above its max_nodes is refused (the job would wait for nodes that never come)."""
+    name, inner = job.compute, props(props(compute))
+    kind = props(compute).get("computeType")
+    if kind != "AmlCompute":
+        return [f"note: {name} is a {kind or 'compute'} of its own: its size and identity are not checked here"]
+    scale = inner.get("scaleSettings") or {}
+    limit = scale.get("maxNodeCount")
+    if limit is not None and job.nodes > limit:
+        raise SubmitError(
+            f"NODES={job.nodes} but cluster {name} has at most {limit} nodes: set NODES={limit} or less, "
+            f"raise its max_nodes (`az ml compute update --name {name} --max-instances {job.nodes}`), or set "
+            f"COMPUTE to another cluster"
+        )
+    asked = {
+        "VM_SIZE": (job.vm_size, inner.get("vmSize")),
+        "LOW_PRIORITY": ("LowPriority" if job.low_priority else "Dedicated", inner.get("vmPriority")),
+        "MAX_NODES": (job.max_nodes, limit),
+        "identity": ("SystemAssigned", identity_of(compute)),
+    }
+    lines = []
+    for what, (want, have) in asked.items():
+        if have is not None and str(want).lower() != str(have).lower():
+            lines.append(
+                f"note: cluster {name} exists with {what} {have}, not {want}: it is used as it is "
+                f"(a cluster created here would have {want})"
+            )
+    return lines
+
+
+def check_pull_identity(job, state):
+    """R1: Azure ML pulls the workspace's image with the registry's admin user if it is on, else with the
+    cluster's managed identity (Microsoft Learn, how-to-identity-based-service-authentication, "Scenario: Azure
+    Container Registry without admin user": "create machine learning compute cluster with system-assigned managed
+    identity enabled"; the runtime's own words: "please ensure the ACR has Admin user enabled or a Managed Identity
+    with AcrPull access to the ACR is assigned to the compute", github.com/Azure/azureml-examples/issues/3463).
+    A cluster created here gets a system-assigned identity, and Azure ML gives it AcrPull on a registry attached
+    before it (v1/how-to-use-managed-identities: "If you create compute first, before workspace ACR has been
+    created, you have to assign the ACRPull role manually"). Returns the lines to print; refuses what would fail."""
+    registry, compute = state.get("registry"), state.get("compute")
+    if not registry or props(registry).get("adminUserEnabled", False) or not compute:
+        return []
+    if props(compute).get("computeType") not in (None, "AmlCompute"):
+        return []
+    name, acr = job.compute, registry.get("name") or registry.get("id", "?").rsplit("/", 1)[-1]
+    enable = f"`az acr update --name {acr} --admin-enabled true`"
+    grant = (
+        f"`az role assignment create --role AcrPull --scope {registry.get('id', '<registry id>')} --assignee-object-id"
+    )
+    if not principals(compute):
+        raise SubmitError(
+            f"registry {acr} has its admin user off and cluster {name} has no managed identity, so no node can pull "
+            f"the image: either {enable}, or give {name} an identity with AcrPull on it: `az ml compute update --name "
+            f"{name} --identity-type SystemAssigned`, then {grant} <its principalId> --assignee-principal-type "
+            f"ServicePrincipal` (or delete {name}: make submit creates it with one)"
+        )
+    roles = state.get("roleAssignments")
+    if roles is None:
+        return [f"note: could not read who may pull from {acr}; cluster {name}'s identity needs AcrPull on it"]
+    granted = {props(r).get("roleDefinitionId", "").rsplit("/", 1)[-1] for r in roles}
+    granted &= {r for r in granted if r in PULL_ROLES}
+    if not granted:
+        principal = principals(compute)[0]
+        raise SubmitError(
+            f"registry {acr} has its admin user off and cluster {name}'s identity ({principal}) has no AcrPull on "
+            f"it, so no node can pull the image: either {enable}, or {grant} {principal} "
+            f"--assignee-principal-type ServicePrincipal`"
+        )
+    return []
+
+
+def check_cluster(job, state):
+    """Everything prepare says or refuses about the cluster and the registry, before the push."""
+    lines = cluster_differences(job, state["compute"]) if state.get("compute") else []
+    return lines + check_pull_identity(job, state)
+
+
+def state_from(text):
+    """AZURE_RESOURCES for a dry run: a JSON object {"registry", "compute", "roleAssignments"} as read_state
+    returns it (ARM's shapes: `az resource show --ids ID`), each key optional."""
+    try:
+        state = json.loads(text)
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise SubmitError(
+            f"AZURE_RESOURCES is not a JSON object with registry, compute, roleAssignments ({e})"
+        ) from None
+    return {
+        "registry": state.get("registry"),
+        "compute": state.get("compute"),
+        "roleAssignments": state.get("roleAssignments"),
+    }

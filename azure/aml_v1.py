@@ -134,7 +134,8 @@ CLUSTER_WORDS = ("vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scale
 def compute_config(intent):
     from azureml.core.compute import AmlCompute
 
-    return AmlCompute.provisioning_configuration(**intent.cluster(CLUSTER_WORDS))
+    # A system-assigned identity: what pulls the image when the registry's admin user is off (aml.check_pull_identity)
+    return AmlCompute.provisioning_configuration(**intent.cluster(CLUSTER_WORDS), identity_type="SystemAssigned")
 
 
 def describe(job, intent):
@@ -157,6 +158,7 @@ def describe(job, intent):
                 "min_nodes": scale.minimum_node_count,
                 "max_nodes": scale.maximum_node_count,
                 "idle_seconds_before_scaledown": scale.idle_seconds_before_scaledown,
+                "identity_type": config.identity_type,
             },
         },
         "environment": Environment._serialize_to_dict(job.run_config.environment),

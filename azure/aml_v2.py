@@ -73,9 +73,11 @@ CLUSTER_WORDS = ("size", "min_instances", "max_instances", "idle_time_before_sca
 
 
 def compute_config(intent):
-    from azure.ai.ml.entities import AmlCompute
+    from azure.ai.ml.entities import AmlCompute, IdentityConfiguration
 
-    return AmlCompute(name=intent.compute, **intent.cluster(CLUSTER_WORDS))
+    # A system-assigned identity: what pulls the image when the registry's admin user is off (aml.check_pull_identity)
+    identity = IdentityConfiguration(type="system_assigned")
+    return AmlCompute(name=intent.compute, **intent.cluster(CLUSTER_WORDS), identity=identity)
 
 
 def describe(job, intent):

@@ -157,6 +157,11 @@ def parse_args(argv):
     p.add_argument("--image", help="REPO:TAG@sha256:DIGEST, as pushed (run)")
     p.add_argument("--dry-run", action="store_true", help="print what would be sent; no network, no credentials")
     p.add_argument("--config", default=str(CONFIG), help="workspace config.json (or AZUREML_* variables)")
+    p.add_argument(
+        "--azure-resources",
+        metavar="JSON",
+        help="dry run: what Azure holds, {registry, compute, roleAssignments} in ARM's shapes (AZURE_RESOURCES)",
+    )
     for name, (kind, text) in SETTINGS.items():
         value = os.environ.get(name) or None
         if value is not None:  # make's variable, checked as its flag would be, named as the user set it
@@ -262,26 +267,56 @@ def validate(adapter, args, image):
 
 
 def prepare(adapter, args):
-    """`make submit`'s first container: the job checked offline (with a stand-in digest), then the login.
+    """`make submit`'s first container: the job checked offline (with a stand-in digest), then the login, and
+    what Azure would refuse only once a node is up: the cluster and who may pull from the registry (R1, R7).
     stdout: `REGISTRY <where to push>` and, for the workspace's registry, `TOKEN <ACR refresh token>`."""
     registry = args.registry or (aml.WORKSPACE_REGISTRY_STANDIN if args.dry_run else None)
-    stand_in = f"{registry or aml.WORKSPACE_REGISTRY_STANDIN}/cifar10-trainer:check@sha256:{'0' * 64}"
+    stand_in = f"{registry or aml.WORKSPACE_REGISTRY_STANDIN}/cifar10-trainer@sha256:{'0' * 64}"
     job, _, _ = validate(adapter, args, stand_in)
     token = None
-    if not args.dry_run and args.compute != "local":
+    if args.compute == "local":
+        pass
+    elif args.dry_run:
+        check_dry_run_state(job, args)
+    else:
         with contextlib.redirect_stdout(sys.stderr):  # the SDKs' sign-in prompts reach the terminal
+            if args.azure_resources:
+                print("note: AZURE_RESOURCES describes Azure to a dry run only; this run reads Azure")
             settings, cred = aml.workspace_settings(args.config), adapter.credential(args.auth or "auto")
             ws = adapter.connect(settings, cred)
             if registry:
                 adapter.check_registry(ws, job)
             else:
-                registry = aml.registry_login_server(adapter.registry_id(ws), adapter.token(cred, aml.ARM_SCOPE))
+                arm_token = adapter.token(cred, aml.ARM_SCOPE)
+                resource = aml.registry_resource(adapter.registry_id(ws), arm_token)
+                registry = aml.login_server_of(resource)
+                say(aml.check_cluster(job, aml.read_state(settings, resource, job.compute, arm_token)))
                 token = aml.acr_refresh_token(registry, adapter.token(cred, aml.REGISTRY_SCOPE))
         print(f"workspace {settings['workspace_name']} in {settings['resource_group']}: logged in", file=sys.stderr)
     print(f"REGISTRY {registry}")
     if token:
         print(f"TOKEN {token}")
     return 0
+
+
+def say(lines):
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def check_dry_run_state(job, args):
+    """A dry run reads nothing from Azure, so it judges what AZURE_RESOURCES says Azure holds (the shapes
+    the real run reads: aml.read_state), or says what the real run will check before the push."""
+    if args.registry:
+        return
+    if not args.azure_resources:
+        print(
+            f"dry run: before the push, make submit reads the workspace registry's admin user and cluster "
+            f"{job.compute} (size, identity, AcrPull); AZURE_RESOURCES=FILE checks them here (docs/azure.md)",
+            file=sys.stderr,
+        )
+        return
+    say(aml.check_cluster(job, aml.state_from(args.azure_resources)))
 
 
 def run(adapter, args):

@@ -18,6 +18,12 @@ esac
 [ -t 0 ] && [ -t 2 ] && export AML_TERMINAL=1
 dry=()
 [ -n "${DRY_RUN:-}" ] && dry=(--dry-run)
+# A dry run reads nothing from Azure: AZURE_RESOURCES (a JSON file on this machine) says what Azure holds.
+resources=()
+if [ -n "${AZURE_RESOURCES:-}" ]; then
+  [ -f "$AZURE_RESOURCES" ] || { echo "error: AZURE_RESOURCES=$AZURE_RESOURCES: no such file" >&2; exit 2; }
+  resources=(--azure-resources "$(cat "$AZURE_RESOURCES")")
+fi
 
 # Python in the image does the Azure work; -T: its stdout is data here, not a terminal.
 aml() { docker compose --profile azure run --rm -T "$service" "$@"; }
@@ -36,7 +42,7 @@ if [ "${COMPUTE:-}" = local ] && [ -z "${REGISTRY:-}" ]; then
 fi
 
 start=$(now)
-prepared=$(aml prepare "${dry[@]}")
+prepared=$(aml prepare "${dry[@]}" "${resources[@]}")
 registry=$(sed -n 's/^REGISTRY //p' <<<"$prepared")
 token=$(sed -n 's/^TOKEN //p' <<<"$prepared")
 if [ -n "$token" ]; then

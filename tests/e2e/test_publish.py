@@ -123,6 +123,23 @@ def test_a_make_variable_azure_would_refuse_ends_in_one_line_exit_2_before_any_p
     assert tags(registry) == before
 
 
+def test_a_dry_run_told_of_an_admin_off_registry_and_a_bare_cluster_refuses_before_the_push(worktree, tmp_path):
+    """R1 in a dry run, which reads nothing from Azure: AZURE_RESOURCES says what Azure holds, in ARM's shapes
+    (`az resource show --ids ...`), and the dry run judges it as the real run judges what it reads."""
+    resources = tmp_path / "azure.json"
+    registry = {"id": "/subscriptions/0/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/myreg"}
+    registry |= {"name": "myreg", "properties": {"loginServer": "myreg.azurecr.io", "adminUserEnabled": False}}
+    cluster = {"identity": {"type": "None"}, "properties": {"computeType": "AmlCompute", "properties": {}}}
+    resources.write_text(json.dumps({"registry": registry, "compute": cluster}))
+    r = submit_sh(worktree, "", DRY_RUN="1", AZURE_RESOURCES=str(resources))
+    assert r.returncode == 1 and "would run: docker tag" not in r.stderr, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "admin user off and cluster cpu-cluster has no managed identity" in line and "--admin-enabled true" in line
+    r = submit_sh(worktree, "", DRY_RUN="1")  # not told: it says what the real run checks, and goes on
+    assert r.returncode == 0, r.stderr
+    assert "dry run: before the push, make submit reads the workspace registry's admin user" in r.stderr
+
+
 DOCKER_SHIM = """#!/bin/sh
 # Counts the containers make submit starts, then runs the real docker.
 case " $* " in *" run "*) echo "$*" >>"$CONTAINER_LOG";; esac

@@ -33,7 +33,7 @@ def server():
         def answer(self, body):
             seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
             data = json.dumps(reply).encode()
-            self.send_response(200)
+            self.send_response(reply.get("status", 200))
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -256,3 +256,135 @@ def test_a_resume_path_is_one_on_the_cluster_not_checked_here(monkeypatch, capsy
             submit.check_trainer_args(aml.intent(REF, "src", bad))
         assert e.value.code == 2
     assert "expected a checkpoint path on the cluster" in capsys.readouterr().err
+
+
+# ARM's shapes, as the public REST API docs give them: Registries - Get (containerregistry 2023-07-01,
+# RegistryGet.json), Compute - Get (machinelearningservices 2024-04-01, AmlCompute), Role Assignments - List.
+REGISTRY = {
+    "id": REGISTRY_ID,
+    "name": "myreg",
+    "type": "Microsoft.ContainerRegistry/registries",
+    "properties": {"loginServer": "myreg.azurecr.io", "adminUserEnabled": False},
+}
+CLUSTER = {
+    "id": "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
+    "/computes/cpu-cluster",
+    "name": "cpu-cluster",
+    "identity": {"type": "None"},
+    "properties": {
+        "computeType": "AmlCompute",
+        "properties": {
+            "vmSize": "STANDARD_D2_V2",
+            "vmPriority": "Dedicated",
+            "scaleSettings": {"maxNodeCount": 4, "minNodeCount": 0, "nodeIdleTimeBeforeScaleDown": "PT40M"},
+        },
+    },
+}
+SYSTEM_IDENTITY = {"type": "SystemAssigned", "principalId": "11111111-2222-3333-4444-555555555555", "tenantId": "t"}
+
+
+def assignment(role):
+    return {
+        "properties": {
+            "roleDefinitionId": f"/subscriptions/0000/providers/Microsoft.Authorization/roleDefinitions/{role}"
+        }
+    }
+
+
+def state(registry=REGISTRY, compute=CLUSTER, roles=()):
+    return {"registry": registry, "compute": compute, "roleAssignments": roles if roles is None else list(roles)}
+
+
+def test_admin_off_and_a_cluster_without_identity_is_refused_naming_both_ways_out():
+    job = aml.intent(PINNED, "src", [])
+    with pytest.raises(aml.SubmitError) as e:
+        aml.check_cluster(job, state())
+    message = str(e.value)
+    assert "registry myreg has its admin user off and cluster cpu-cluster has no managed identity" in message
+    assert "`az acr update --name myreg --admin-enabled true`" in message
+    assert "`az ml compute update --name cpu-cluster --identity-type SystemAssigned`" in message
+    assert f"az role assignment create --role AcrPull --scope {REGISTRY_ID}" in message and "\n" not in message
+
+
+def test_admin_on_a_missing_cluster_or_an_identity_with_acrpull_pulls():
+    job = aml.intent(PINNED, "src", [])
+    admin = {**REGISTRY, "properties": {**REGISTRY["properties"], "adminUserEnabled": True}}
+    assert aml.check_cluster(job, state(registry=admin)) == [
+        "note: cluster cpu-cluster exists with identity None, "
+        "not SystemAssigned: it is used as it is (a cluster "
+        "created here would have SystemAssigned)"
+    ]
+    assert aml.check_cluster(job, state(compute=None)) == []  # created here, with a system-assigned identity
+    with_identity = {**CLUSTER, "identity": SYSTEM_IDENTITY}
+    for role in aml.PULL_ROLES:
+        assert aml.check_cluster(job, state(compute=with_identity, roles=[assignment(role)])) == []
+    # az role assignment list prints the flattened shape: taken too
+    flat = [{"roleDefinitionId": f"/providers/Microsoft.Authorization/roleDefinitions/{next(iter(aml.PULL_ROLES))}"}]
+    assert aml.check_cluster(job, state(compute=with_identity, roles=flat)) == []
+
+
+def test_an_identity_without_a_pull_role_is_refused_and_unread_roles_are_said():
+    job = aml.intent(PINNED, "src", [])
+    with_identity = {**CLUSTER, "identity": SYSTEM_IDENTITY}
+    reader = "acdd72a7-3385-48ef-bd42-f606fba81ae7"  # Reader: no pull
+    with pytest.raises(
+        aml.SubmitError, match=r"identity \(11111111-.*\) has no AcrPull on it.*--assignee-object-id 1111"
+    ):
+        aml.check_cluster(job, state(compute=with_identity, roles=[assignment(reader)]))
+    (line,) = aml.check_cluster(job, state(compute=with_identity, roles=None))
+    assert line.startswith("note: could not read who may pull from myreg")
+
+
+def test_an_existing_cluster_is_read_back_one_line_per_difference_and_too_few_nodes_refused():
+    """R7: VM_SIZE, LOW_PRIORITY, MAX_NODES and the identity of a cluster that exists are not changed."""
+    job = aml.intent(PINNED, "src", [], vm_size="Standard_NC6s_v3", low_priority=True, max_nodes=8, nodes=2)
+    admin = {**REGISTRY, "properties": {**REGISTRY["properties"], "adminUserEnabled": True}}
+    lines = aml.check_cluster(job, state(registry=admin))
+    assert [line.split(" exists with ")[1].split(",")[0] for line in lines] == [
+        "VM_SIZE STANDARD_D2_V2",
+        "LOW_PRIORITY Dedicated",
+        "MAX_NODES 4",
+        "identity None",
+    ]
+    assert all(line.startswith("note: cluster cpu-cluster exists with ") for line in lines)
+    same = aml.intent(PINNED, "src", [], vm_size="standard_d2_v2")  # sizes compare as Azure does: any case
+    assert aml.check_cluster(same, state(registry=admin, compute={**CLUSTER, "identity": SYSTEM_IDENTITY})) == []
+    with pytest.raises(aml.SubmitError, match="NODES=6 but cluster cpu-cluster has at most 4 nodes"):
+        aml.check_cluster(aml.intent(PINNED, "src", [], nodes=6), state(registry=admin))
+
+
+def test_a_compute_of_another_kind_is_not_judged_as_a_cluster():
+    job = aml.intent(PINNED, "src", [])
+    kubernetes = {"identity": {"type": "None"}, "properties": {"computeType": "Kubernetes", "properties": {}}}
+    (line,) = aml.check_cluster(job, state(compute=kubernetes))
+    assert "is a Kubernetes of its own" in line
+
+
+def test_prepare_reads_the_cluster_and_its_pull_roles_from_arm(server):
+    """The thin network edge: Compute - Get (404: missing), then each identity's role assignments."""
+    base, seen, reply = server
+    reply.update(CLUSTER, identity=SYSTEM_IDENTITY, value=[assignment("7f951dda-4ed3-4680-a7ca-43fe172d538d")])
+    settings = {"subscription_id": "0000", "resource_group": "rg", "workspace_name": "ws"}
+    read = aml.read_state(settings, REGISTRY, "cpu-cluster", "arm-token", arm=base)
+    assert read["compute"]["identity"] == SYSTEM_IDENTITY and len(read["roleAssignments"]) == 1
+    compute, roles = seen
+    assert compute["path"] == f"{CLUSTER['id']}?api-version={aml.COMPUTE_API_VERSION}"
+    assert roles["path"] == (
+        f"{REGISTRY_ID}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01"
+        f"&$filter=principalId%20eq%20%27{SYSTEM_IDENTITY['principalId']}%27"
+    )
+    assert {r["headers"]["Authorization"] for r in seen} == {"Bearer arm-token"}
+
+
+def test_a_missing_cluster_is_a_404_and_nothing_more_is_read(server):
+    base, seen, reply = server
+    reply.update(status=404, error={"code": "ResourceNotFound"})
+    settings = {"subscription_id": "0000", "resource_group": "rg", "workspace_name": "ws"}
+    assert aml.read_state(settings, REGISTRY, "cpu-cluster", "t", arm=base) == state(compute=None)
+    assert len(seen) == 1
+
+
+def test_azure_resources_for_a_dry_run_is_the_same_shapes():
+    assert aml.state_from(json.dumps(state())) == state()
+    with pytest.raises(aml.SubmitError, match="AZURE_RESOURCES is not a JSON object"):
+        aml.state_from("[]")

@@ -13,6 +13,13 @@ import submit  # noqa: E402
 SDK = "v2"  # conftest's `source` fixture runs submit.py with this SDK
 DIGEST = "sha256:" + "cd34" * 16
 REF = f"myws.azurecr.io/cifar10-trainer@{DIGEST}"  # as publish.sh prints it
+# ARM's shapes (Registries - Get; Compute - Get; Role Assignments - List For Scope): what prepare reads
+REGISTRY_PROPERTIES = {"loginServer": "myreg.registry.example", "adminUserEnabled": False}
+AML_COMPUTE = {
+    "computeType": "AmlCompute",
+    "properties": {"vmSize": "STANDARD_D2_V2", "vmPriority": "Dedicated", "scaleSettings": {"maxNodeCount": 4}},
+}
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 
 
 def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
@@ -31,6 +38,7 @@ def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
     assert "distribution" not in job
     assert plan["compute"]["type"] == "amlcompute" and plan["compute"]["min_instances"] == 0
     assert plan["compute"]["tier"] == "dedicated"
+    assert plan["compute"]["identity"] == {"type": "system_assigned"}  # pulls where the admin user is off (R1)
 
 
 def test_v2_dataset_and_checkpoints_are_datastore_uris(source, capsys):
@@ -116,10 +124,21 @@ def test_v2_prepare_asks_for_a_registry_audience_token(source, tmp_path, monkeyp
     config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
     monkeypatch.setattr(aml_v2, "credential", lambda mode: Credential())
     monkeypatch.setattr(aml_v2, "registry_id", lambda client: "/subscriptions/0/registries/myreg")
-    monkeypatch.setattr(aml, "registry_login_server", lambda rid, arm: "myreg.registry.example")
+    registry = {"id": "/subscriptions/0/registries/myreg", "name": "myreg", "properties": REGISTRY_PROPERTIES}
+    cluster = {"identity": {"type": "SystemAssigned", "principalId": "p-1"}, "properties": AML_COMPUTE}
+    pull = [{"properties": {"roleDefinitionId": "/providers/Microsoft.Authorization/roleDefinitions/" + ACR_PULL}}]
+    arm = {registry["id"]: registry, "/computes/cpu-cluster": cluster, "/roleAssignments": {"value": pull}}
+    read = []
+
+    def arm_get(path, token, api_version, base=aml.ARM, query=""):  # the network edge: ARM's GETs
+        read.append(path.rsplit("/", 1)[-1])
+        return next(v for k, v in arm.items() if path.endswith(k))
+
+    monkeypatch.setattr(aml, "arm_get", arm_get)
     monkeypatch.setattr(aml, "acr_refresh_token", lambda server, token: f"acr-for-{server}-from-{token}")
     assert submit.main(["prepare", "--config", str(config)]) == 0
     assert asked == ["https://management.azure.com/.default", "https://containerregistry.azure.net/.default"]
+    assert read == ["myreg", "cpu-cluster", "roleAssignments"]  # the registry, the cluster, who may pull
     assert (
         capsys.readouterr().out
         == "REGISTRY myreg.registry.example\nTOKEN acr-for-myreg.registry.example-from-aad-token\n"
@@ -191,3 +210,32 @@ def test_v2_upload_data_is_a_uri_folder_data_asset_and_says_where_it_landed(sour
     (asset,) = sent
     assert (asset.name, asset.type, str(asset.path)) == ("cifar10", "uri_folder", str(data))
     assert "DATA_PATH=LocalUpload/0123/data/" in capsys.readouterr().out
+
+
+def test_v2_the_cluster_azure_ai_ml_would_create_reads_back_as_asked_by_our_arm_reader(source):
+    """R1, R7: aml.check_cluster reads ARM's shapes; azure-ai-ml's own REST models write them. A cluster as
+    make submit creates it (system-assigned identity) shows no difference; one without identity, on a
+    registry whose admin user is off, is refused before the push."""
+    from azure.ai.ml._restclient.arm_ml_service import models as rest
+    from azure.ai.ml.entities import AmlCompute
+
+    import aml_v2
+
+    for low_priority in (False, True):
+        job = aml.intent(REF, str(source), [], vm_size="Standard_NC6s_v3", low_priority=low_priority, nodes=2)
+        created = aml_v2.compute_config(job)._to_rest_object()
+        arm = created.as_dict()
+        assert arm["identity"]["type"] == "SystemAssigned" and arm["properties"]["computeType"] == "AmlCompute"
+        registry = {"id": "/r/myreg", "name": "myreg", "properties": {"adminUserEnabled": False}}
+        roles = [{"properties": {"roleDefinitionId": f"/roleDefinitions/{ACR_PULL}"}}]
+        arm["identity"]["principalId"] = "p-1"  # ARM fills it in once created
+        assert aml.check_cluster(job, {"registry": registry, "compute": arm, "roleAssignments": roles}) == []
+        # and the SDK reads the same JSON back as the cluster it is
+        back = AmlCompute._load_from_rest(rest.ComputeResource(arm))
+        assert (back.size, back.max_instances, back.identity.type) == ("Standard_NC6s_v3", 4, "system_assigned")
+    bare = rest.ComputeResource(
+        identity=rest.ManagedServiceIdentity(type="None"),
+        properties=rest.AmlCompute(properties=rest.AmlComputeProperties(vm_size="STANDARD_D2_V2")),
+    ).as_dict()
+    with pytest.raises(aml.SubmitError, match="no managed identity"):
+        aml.check_cluster(aml.intent(REF, str(source), []), {"registry": registry, "compute": bare})
