@@ -2,6 +2,7 @@
 mounts, the trainer's loss lines, and how compose, docker and make submit are run (the registry is
 conftest's session fixture, served by local_registry.py)."""
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,30 @@ def make_dirs(root):
         made[name].mkdir()
         os.chown(made[name], UID, UID)
     return made
+
+
+def tracked_copy(dest, owner_uid=None):
+    """The tracked files of this work tree (what `git clone` gives, with this tree's changes) in dest, owned
+    by owner_uid if given: commands that write into their checkout (make submit's .azureml/) run there."""
+    files = subprocess.check_output(["git", "ls-files", "-z"], cwd=ROOT, text=True).split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    for path in [dest, *dest.rglob("*")] if owner_uid is not None else ():
+        os.lchown(path, owner_uid, owner_uid)
+    return dest
+
+
+def build_labels(image=None):
+    """REVISION, VERSION, CREATED and SOURCE as the Makefile gave them to `image`'s build: make in a copy
+    without .git then rebuilds nothing and retags nothing."""
+    labels = subprocess.check_output(
+        ["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", image or IMAGE], text=True
+    )
+    found = json.loads(labels) or {}
+    names = {"REVISION": "revision", "VERSION": "version", "CREATED": "created", "SOURCE": "source"}
+    return {var: found.get(f"org.opencontainers.image.{label}", "") for var, label in names.items()}
 
 
 def compose(env, *args, timeout=600, check=True):
