@@ -24,10 +24,15 @@ export LOCAL_UID := $(shell id -u)
 export LOCAL_GID := $(shell id -g)
 export IMAGE DATA_DIR OUTPUTS_DIR CHECKPOINTS_DIR TRAIN_ARGS
 # Provenance baked into the image as OCI labels; the commit time keeps rebuilds cache-friendly.
-export REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
-export VERSION  := $(shell git describe --tags --always 2>/dev/null || echo dev)
-export CREATED  := $(shell git log -1 --format=%cI 2>/dev/null || echo 1970-01-01T00:00:00Z)
-export SOURCE   := $(shell git config --get remote.origin.url 2>/dev/null | grep -E '^https://' || echo unknown)
+# Given in the environment (a copy of the tree without .git), they are kept.
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
+VERSION  ?= $(shell git describe --tags --always 2>/dev/null || echo dev)
+CREATED  ?= $(shell git log -1 --format=%cI 2>/dev/null || echo 1970-01-01T00:00:00Z)
+SOURCE   ?= $(shell git config --get remote.origin.url 2>/dev/null | grep -E '^https://' || echo unknown)
+export REVISION := $(REVISION)
+export VERSION  := $(VERSION)
+export CREATED  := $(CREATED)
+export SOURCE   := $(SOURCE)
 
 COMPOSE := docker compose
 # The run's link in the MLflow UI, at the port the host reaches `make ui`'s server on (asked once).
@@ -40,7 +45,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build image submit-v2-image mlflow-image registry build-submit-v2 build-tracking ui train train-ddp train-2node dirs submit upload-data test test-unit test-e2e lint lock bench bench-ddp compare clean
+.PHONY: help build image submit-v2-image mlflow-image registry build-submit-v2 build-tracking ui train train-ddp train-2node dirs submit upload-data attach-registry test test-unit test-e2e lint lock bench bench-ddp compare clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -81,6 +86,10 @@ upload-data: image $(if $(filter v2,$(SDK)),submit-v2-image) ## ./data to the de
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	bash azure/submit.sh upload-data
 
+attach-registry: submit-v2-image ## create (ACR=NAME) and attach the workspace's container registry, or attach ACR=ID (DRY_RUN=1)
+	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
+	$(COMPOSE) --profile azure run --rm submit-v2 attach-registry $(if $(DRY_RUN),--dry-run)
+
 build-submit-v2: ## the image that submits with SDK v2 (azure-ai-ml), kept apart from the runtime
 	$(COMPOSE) --profile azure build submit-v2
 
@@ -92,11 +101,11 @@ test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the 
 	  -v $(CURDIR)/src:/app/src:ro -w /app --entrypoint python submit-v2 -m pytest -p no:cacheprovider tests/unit/test_azure_v2.py
 
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
-	$(PYTEST) -p no:cacheprovider --durations=10 tests/e2e
+	PYTHONDONTWRITEBYTECODE=1 $(PYTEST) -p no:cacheprovider --durations=10 tests/e2e
 
 lint: $(HOST_VENV) ## ruff over src, tests, bench, azure; actionlint over .github/workflows
-	$(HOST_VENV)/bin/ruff check src tests bench azure
-	$(HOST_VENV)/bin/ruff format --check src tests bench azure
+	$(HOST_VENV)/bin/ruff check --no-cache src tests bench azure
+	$(HOST_VENV)/bin/ruff format --no-cache --check src tests bench azure
 	$(HOST_VENV)/bin/actionlint -no-color .github/workflows/*.yml
 
 lock: ## re-resolve docker/*.in (runtime, submit-v2, mlflow) into docker/*.lock (in a container)
@@ -121,8 +130,23 @@ bench: build ## the whole `docker compose run train` against the tutorial's trai
 bench-ddp: build ## data-parallel scaling, 1 vs 2 processes (torchrun), in the image
 	$(COMPOSE) run --rm -v $(CURDIR)/bench:/app/bench:ro train python /app/bench/scaling.py $(ARGS)
 
+# `make compare` exits as compare.py does (0 the same run, 1 differs, 2 not a run), not with make's 2 and
+# its "Error 1" line: the comparison runs while make reads this file, and a difference sets -q (question
+# mode), whose "not up to date" is make's own exit 1. GNU make before 4.0 (no $(file)) runs it as a recipe.
+ifeq ($(MAKECMDGOALS)$(filter 3.%,$(MAKE_VERSION)),compare)
+compare_out := $(shell mktemp)
+compare_status := $(shell python3 azure/compare.py $(A) $(B) >$(compare_out); echo $$?)
+$(info $(file <$(compare_out)))
+$(shell rm -f $(compare_out))
+ifeq ($(compare_status),1)
+MAKEFLAGS += -q
+endif
+compare:
+	@exit $(compare_status)
+else
 compare: ## two runs' output folders side by side; exit 0 when they are the same run: make compare A=DIR B=DIR
 	python3 azure/compare.py $(A) $(B)
+endif
 
 clean: ## remove outputs, checkpoints, the host test venv and the image (keeps downloaded data)
 	rm -rf $(OUTPUTS_DIR)/* $(CHECKPOINTS_DIR)/* $(HOST_VENV)

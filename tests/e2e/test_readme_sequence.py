@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 import local_registry
-from e2e_env import ROOT, UID, submit_env
+from e2e_env import ROOT, UID, build_labels, submit_env, tracked_copy
 
 RESULTS = {"model.pt", "metrics.jsonl", "summary.json", "curves.png"}
 
@@ -19,9 +19,12 @@ def fingerprint(folder):
 
 
 def test_the_readmes_commands_in_order_each_keep_their_own_results(dirs, registry, tmp_path):
+    """In a copy of the checkout: make submit registers its Environment in the clone's .azureml/."""
     (tmp_path / "azure-config").mkdir()
+    clone = tracked_copy(tmp_path / "clone")
     env = {
         **submit_env(tmp_path, registry),
+        **build_labels(),
         "DATA_DIR": str(dirs["data"]),
         "OUTPUTS_DIR": str(dirs["outputs"]),
         "CHECKPOINTS_DIR": str(dirs["checkpoints"]),
@@ -35,7 +38,7 @@ def test_the_readmes_commands_in_order_each_keep_their_own_results(dirs, registr
     ]
     seen = {}
     for command in sequence:
-        r = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        r = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f"{command}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
         assert "Traceback" not in r.stderr, r.stderr
         (made,) = {p for p in dirs["outputs"].iterdir() if p.is_dir() and not p.is_symlink()} - seen.keys()

@@ -4,13 +4,14 @@ and draws each run's falling loss. The runs train on the fixture's learnable ima
 in format, each class its own pattern plus noise), so the loss falls as it would on CIFAR-10.
 
 Images: IMAGE (the trainer), IMAGE_MLFLOW and IMAGE_BROWSER (`make build-tracking`; built here when
-missing). The screenshot is kept in E2E_ARTIFACTS (default outputs/e2e/) and its path printed.
+missing). The screenshot is kept in E2E_ARTIFACTS (default $TMPDIR/cifar10-e2e/) and its path printed.
 """
 
 import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -19,11 +20,12 @@ from pathlib import Path
 import pytest
 
 import e2e_env
-from e2e_env import IMAGE, ROOT, TESTS_MOUNT, UID, make_dirs
+from e2e_env import IMAGE, TESTS_MOUNT, UID, make_dirs
 
 IMAGE_MLFLOW = os.environ.get("IMAGE_MLFLOW", "cifar10-mlflow:local")
 IMAGE_BROWSER = os.environ.get("IMAGE_BROWSER", "cifar10-browser:local")
-ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", ROOT / "outputs" / "e2e"))
+# Outside the checkout, which the tests leave as they found it.
+ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", Path(tempfile.gettempdir()) / "cifar10-e2e"))
 EXPERIMENT = "e2e-tracking"
 SEEDS = (1, 2)
 # 2,000 learnable images, 500 steps an epoch: the loss starts falling in the third epoch.
