@@ -292,7 +292,7 @@ def registry_resource(registry_id, arm_token, arm=ARM):  # network
     NAME.azurecr.io: sovereign clouds, upper-case names) and whether its admin user is on."""
     if not registry_id:
         raise SubmitError(
-            "the workspace has no container registry yet: create and attach one (docs/azure.md, first-time set-up)"
+            "the workspace has no container registry yet: `make attach-registry ACR=NAME` creates and attaches one"
         )
     registry = arm_get(registry_id, arm_token, REGISTRY_API_VERSION, arm)
     if registry is None:
@@ -502,3 +502,50 @@ def state_from(text):
         "compute": state.get("compute"),
         "roleAssignments": state.get("roleAssignments"),
     }
+
+
+# --- make attach-registry (R2) -------------------------------------------------------------------------------
+# "Registry name must be unique within Azure, and contain 5-50 alphanumeric characters" (Microsoft Learn,
+# container-registry-get-started-azure-cli); Registries - Create (2023-07-01, RegistryCreate.json): PUT with
+# location and sku, answered 200/201 and provisioned asynchronously (properties.provisioningState).
+ACR_NAME = re.compile(r"^[A-Za-z0-9]{5,50}$")
+
+
+def registry_target(acr, settings):
+    """(resource id, name or None to create) of ACR=NAME (in the workspace's resource group) or ACR=ID."""
+    if acr.startswith("/subscriptions/") and "/providers/Microsoft.ContainerRegistry/registries/" in acr:
+        return acr, None
+    if not ACR_NAME.match(acr):
+        raise SubmitError(
+            f"ACR={acr}: a registry name is 5 to 50 letters and digits (or give a registry's resource id, "
+            f"/subscriptions/.../providers/Microsoft.ContainerRegistry/registries/NAME)"
+        )
+    rid = (
+        f"/subscriptions/{settings['subscription_id']}/resourceGroups/{settings['resource_group']}"
+        f"/providers/Microsoft.ContainerRegistry/registries/{acr}"
+    )
+    return rid, acr
+
+
+def create_registry(registry_id, location, arm_token, arm=ARM, wait=5, tries=120):  # network
+    """Registries - Create: a Basic registry with its admin user off (as `az acr create` makes it), polled
+    until ARM says it is provisioned. Returns its resource."""
+    import time
+
+    body = json.dumps({"location": location, "sku": {"name": "Basic"}, "properties": {"adminUserEnabled": False}})
+    request = urllib.request.Request(
+        f"{arm}{registry_id}?api-version={REGISTRY_API_VERSION}",
+        data=body.encode(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {arm_token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as r:
+        registry = json.load(r)
+    for _ in range(tries):
+        if props(registry).get("provisioningState") in ("Succeeded", None):
+            return registry
+        if props(registry).get("provisioningState") in ("Failed", "Canceled"):
+            raise SubmitError(f"creating registry {registry_id} ended {props(registry)['provisioningState']}")
+        time.sleep(wait)
+        registry = arm_get(registry_id, arm_token, REGISTRY_API_VERSION, arm)
+    raise SubmitError(f"registry {registry_id} is still being created: run make attach-registry again later")

@@ -169,3 +169,27 @@ def submit(client, job, intent, wait):  # network
     if wait:
         client.jobs.stream(returned.name)
     return returned
+
+
+def attach_registry(client, registry_id, replace=False):  # network
+    """Attach the registry to the workspace, as `az ml workspace update --container-registry ID -u` does: azure-ai-ml
+    refuses to change the workspace's registry without update_dependent_resources=True ("Updating the
+    workspace-attached Azure Container Registry resource may break lineage of previous jobs ... Include the
+    update_dependent_resources argument in SDK or the --update-dependent-resources/-u parameter in CLI",
+    operations/_workspace_operations_base.py, begin_update). Returns the workspace's registry id before."""
+    workspace = client.workspaces.get(client.workspace_name)
+    before = workspace.container_registry
+    if before and before.lower() == registry_id.lower():
+        return before
+    if before and not replace:
+        raise SubmitError(
+            f"the workspace already has registry {before}: replacing it may break the lineage of earlier jobs "
+            f"(azure-ai-ml's warning); set ATTACH_REPLACE=1 to replace it with {registry_id}"
+        )
+    workspace.container_registry = registry_id
+    client.workspaces.begin_update(workspace, update_dependent_resources=True).result()
+    return before
+
+
+def workspace_location(client):  # network
+    return client.workspaces.get(client.workspace_name).location

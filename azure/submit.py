@@ -4,6 +4,7 @@
     submit.py run --image R:T@sha256:... [--dry-run]   # register the Environment and submit (dry run: print it)
     submit.py check-source                     # refuse if ./src differs from the image's code
     submit.py upload-data [--dry-run]          # ./data to the default datastore at DATA_PATH (the tutorial's part 4)
+    submit.py attach-registry [--acr NAME|ID] [--dry-run]   # create and attach the workspace's registry (v2)
 
 The job's settings are make's variables (SETTINGS: the one place they are read), or the same-named flags;
 what is unset keeps the Intent's default (aml.py). Runs inside a container of the training image (SDK v1)
@@ -153,10 +154,19 @@ def parse_args(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, trainer = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     p = Parser(description=__doc__.split("\n")[0], epilog="-- TRAINER FLAGS: flags for train.py (else TRAIN_ARGS)")
-    p.add_argument("command", choices=("prepare", "run", "check-source", "upload-data"))
+    p.add_argument("command", choices=("prepare", "run", "check-source", "upload-data", "attach-registry"))
     p.add_argument("--image", help="REPO:TAG@sha256:DIGEST, as pushed (run)")
     p.add_argument("--dry-run", action="store_true", help="print what would be sent; no network, no credentials")
     p.add_argument("--config", default=str(CONFIG), help="workspace config.json (or AZUREML_* variables)")
+    p.add_argument(
+        "--acr", default=os.environ.get("ACR") or None, help="attach-registry: NAME (created if missing) or ID"
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        default=flag_env("ATTACH_REPLACE"),
+        help="attach-registry: replace the workspace's registry",
+    )
     p.add_argument(
         "--azure-resources",
         metavar="JSON",
@@ -331,6 +341,55 @@ def run(adapter, args):
     return 0
 
 
+def flag_env(name):
+    try:
+        return flag(os.environ.get(name) or "0")
+    except argparse.ArgumentTypeError as e:
+        Parser().error(f"{name}={os.environ[name]}: {e}")
+
+
+def attach_registry(adapter, args):
+    """`make attach-registry` (R2): create the registry if ACR names one that does not exist (Basic, admin user
+    off, in the workspace's resource group and region), then attach it to the workspace through azure-ai-ml,
+    with the confirmation (`-u`) it asks for. In the submit-v2 container: the host needs Docker and make."""
+    if adapter.SDK != "v2":
+        raise aml.SubmitError("attach-registry runs in the submit-v2 image (azure-ai-ml): make attach-registry")
+    if args.dry_run:
+        what = f"registry {args.acr}" if args.acr else "the workspace's registry"
+        print(
+            f"would read {what} from ARM, create it if ACR names a missing one (Basic, admin user off), and attach "
+            f"it: ml_client.workspaces.begin_update(workspace, update_dependent_resources=True)"
+        )
+        return 0
+    settings = aml.workspace_settings(args.config)
+    if args.acr:
+        registry_id, create = aml.registry_target(args.acr, settings)
+    with contextlib.redirect_stdout(sys.stderr):
+        cred = adapter.credential(args.auth or "auto")
+        client = adapter.connect(settings, cred)
+        if not args.acr:
+            current = adapter.registry_id(client)
+            if not current:
+                raise aml.SubmitError(
+                    "the workspace has no container registry: make attach-registry ACR=NAME creates one"
+                )
+            print(f"the workspace's registry is {current}")
+            return 0
+        arm_token = adapter.token(cred, aml.ARM_SCOPE)
+        registry = aml.arm_get(registry_id, arm_token, aml.REGISTRY_API_VERSION)
+        if registry is None and not create:
+            raise aml.SubmitError(f"ACR={args.acr}: no such registry (give a name to create one)")
+        if registry is None:
+            print(f"creating registry {create} (Basic, admin user off)")
+            registry = aml.create_registry(registry_id, adapter.workspace_location(client), arm_token)
+        before = adapter.attach_registry(client, registry_id, args.replace)
+    done = "already attached" if before and before.lower() == registry_id.lower() else "attached"
+    print(
+        f"registry {aml.login_server_of(registry)} {done} to workspace {settings['workspace_name']}; now: make submit"
+    )
+    return 0
+
+
 def upload_data(adapter, args):
     """The tutorial's part 4 upload: ./data to the workspace's default datastore, at DATA_PATH."""
     target = (args.data_path or aml.DATA_TARGET).strip("/")
@@ -349,7 +408,7 @@ def upload_data(adapter, args):
 def main(argv=None):
     args = parse_args(argv)
     adapter = importlib.import_module({"v1": "aml_v1", "v2": "aml_v2"}[SDK])
-    commands = {"prepare": prepare, "run": run, "upload-data": upload_data}
+    commands = {"prepare": prepare, "run": run, "upload-data": upload_data, "attach-registry": attach_registry}
     try:
         if args.command == "check-source":
             print(f"src/ matches the image's code ({check_source()[:12]})")

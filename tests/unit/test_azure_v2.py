@@ -239,3 +239,56 @@ def test_v2_the_cluster_azure_ai_ml_would_create_reads_back_as_asked_by_our_arm_
     ).as_dict()
     with pytest.raises(aml.SubmitError, match="no managed identity"):
         aml.check_cluster(aml.intent(REF, str(source), []), {"registry": registry, "compute": bare})
+
+
+def test_v2_attach_registry_creates_and_attaches_with_the_confirmation_azure_ai_ml_asks_for(
+    source, tmp_path, monkeypatch, capsys
+):
+    """R2: `az ml workspace update --container-registry ID` without -u is refused by azure-ai-ml's begin_update;
+    make attach-registry makes the same call with update_dependent_resources=True, in the submit-v2 container."""
+    from azure.ai.ml import MLClient
+    from azure.ai.ml.entities import Workspace
+    from azure.ai.ml.exceptions import ValidationException
+
+    import aml_v2
+
+    client = MLClient(object(), "0000", "rg", "ws")
+    workspace = Workspace(name="ws", location="westeurope")
+    sent = []
+
+    class Poller:
+        def result(self):
+            return workspace
+
+    def rest_update(resource_group, name, parameters, **kwargs):  # the network edge: the workspace's PATCH
+        sent.append((resource_group, name, parameters.container_registry))
+        return Poller()
+
+    monkeypatch.setattr(type(client.workspaces), "get", lambda self, name=None, **kw: workspace)
+    monkeypatch.setattr(client.workspaces._operation, "begin_update", rest_update)
+    rid = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/myreg12345"
+    with pytest.raises(ValidationException, match="--update-dependent-resources/-u"):  # the documented command
+        client.workspaces.begin_update(Workspace(name="ws", container_registry=rid))
+    assert sent == []
+
+    created, config = [], tmp_path / "config.json"
+    config.write_text(json.dumps({"subscription_id": "0000", "resource_group": "rg", "workspace_name": "ws"}))
+    registry = {"id": rid, "name": "myreg12345", "properties": {"loginServer": "myreg12345.azurecr.io"}}
+    monkeypatch.setattr(aml_v2, "credential", lambda mode: object())
+    monkeypatch.setattr(aml_v2, "token", lambda cred, scope: "arm-token")
+    monkeypatch.setattr(aml_v2, "connect", lambda settings, cred: client)
+    monkeypatch.setattr(aml, "arm_get", lambda path, token, version, arm=aml.ARM, query="": None)  # missing
+    monkeypatch.setattr(aml, "create_registry", lambda rid, where, token: created.append((rid, where)) or registry)
+    assert submit.main(["attach-registry", "--acr", "myreg12345", "--config", str(config)]) == 0
+    assert created == [(rid, "westeurope")] and sent == [("rg", "ws", rid)]
+    assert "registry myreg12345.azurecr.io attached to workspace ws" in capsys.readouterr().out
+    # attached already: nothing sent; another one: refused unless asked to replace
+    workspace.container_registry = rid
+    monkeypatch.setattr(aml, "arm_get", lambda path, token, version, arm=aml.ARM, query="": registry)
+    assert submit.main(["attach-registry", "--acr", rid, "--config", str(config)]) == 0 and len(sent) == 1
+    assert "already attached" in capsys.readouterr().out
+    other = rid.replace("myreg12345", "other12345")
+    assert submit.main(["attach-registry", "--acr", other, "--config", str(config)]) == 1
+    assert "set ATTACH_REPLACE=1" in capsys.readouterr().err and len(sent) == 1
+    assert submit.main(["attach-registry", "--acr", "my-reg", "--config", str(config)]) == 1
+    assert "a registry name is 5 to 50 letters and digits" in capsys.readouterr().err
