@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from e2e_env import IMAGE, ROOT, copy_submit_tree, submit_sh
+from e2e_env import IMAGE, ROOT, copy_submit_tree, submit_env, submit_sh
 from local_registry import tags
 
 
@@ -78,7 +78,7 @@ def test_make_submit_dry_run_prints_the_push_and_the_definitions_without_network
     assert r.returncode == 0, r.stderr
     assert f"would run: docker tag {IMAGE} {registry}/cifar10-trainer:" in r.stderr
     plan = json.loads(r.stdout[r.stdout.index("{") :])
-    assert plan["environment"]["docker"]["baseImage"].startswith(f"{registry}/cifar10-trainer:")
+    assert plan["environment"]["docker"]["baseImage"].startswith(f"{registry}/cifar10-trainer@sha256:")
     assert plan["environment"]["docker"]["baseImageRegistry"]["registryIdentity"]["clientId"] == CLIENT_ID
     assert plan["runConfiguration"]["arguments"] == ["--epochs", "1"]
     assert "timing: check and login" in r.stderr and ", push " in r.stderr
@@ -199,3 +199,57 @@ def test_make_submit_to_azure_starts_two_containers_and_pushes_from_the_host(wor
     assert any(c.startswith("login myws.registry.example") for c in calls)
     assert f"push --quiet myws.registry.example/cifar10-trainer:norev-dirty-{'ab' * 6}" in calls  # a tag to push
     assert "timing: check and login " in r.stderr and ", register and submit " in r.stderr
+
+
+TLS_PROBE = """
+import http.server, os, ssl, threading, urllib.request
+import requests
+server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain("/work/.azureml/server.pem", "/work/.azureml/server.key")
+server.socket = context.wrap_socket(server.socket, server_side=True)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+url = f"https://localhost:{server.server_port}/"
+print("proxy", os.environ.get("HTTPS_PROXY"), os.environ.get("NO_PROXY"))
+for name, get in (("urllib", lambda: urllib.request.urlopen(url, timeout=10)), ("requests", lambda: requests.get(url))):
+    try:
+        get()
+        print(name, "trusted")
+    except Exception as e:
+        print(name, "refused", "CERTIFICATE_VERIFY_FAILED" in str(e))
+"""
+
+
+@pytest.mark.parametrize("service", ["submit", "submit-v2"])
+def test_ca_cert_and_the_proxy_settings_reach_the_submit_containers(worktree, tmp_path, service):
+    """R6: behind a TLS-intercepting proxy, the SDKs' calls (requests) and ours (urllib) trust CA_CERT, as the
+    build does; HTTPS_PROXY and NO_PROXY pass through. A server in the container, with a certificate from a CA
+    made here, stands in for the proxy: trusted with CA_CERT, refused without."""
+    ca, server = tmp_path / "ca", worktree / ".azureml" / "server"
+    openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"]
+    subprocess.run([*openssl, "/CN=test proxy CA", "-keyout", f"{ca}.key", "-out", f"{ca}.pem"], check=True)
+    subprocess.run(
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", f"{server}.key",
+         "-out", f"{server}.csr"], check=True, capture_output=True,
+    )  # fmt: skip
+    (tmp_path / "ext").write_text("subjectAltName=DNS:localhost\n")
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", f"{server}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-days", "2",
+         "-CAcreateserial", "-extfile", str(tmp_path / "ext"), "-out", f"{server}.pem"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    os.chmod(f"{server}.key", 0o644)  # read by the container's user
+    proxy = {"HTTPS_PROXY": "http://proxy.invalid:3128", "NO_PROXY": "127.0.0.1,localhost"}
+    probe = ["--profile", "azure", "run", "--rm", "-T", "--entrypoint", "python", service, "-c", TLS_PROBE]
+    results = {}
+    for ca_cert in (str(ca) + ".pem", ""):
+        env = submit_env(worktree, "", CA_CERT=ca_cert, **proxy)
+        r = subprocess.run(["docker", "compose", *probe], cwd=worktree, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        results[bool(ca_cert)] = r.stdout.splitlines()
+    assert results[True] == [
+        "proxy http://proxy.invalid:3128 127.0.0.1,localhost",
+        "urllib trusted",
+        "requests trusted",
+    ]
+    assert results[False][1:] == ["urllib refused True", "requests refused True"]
