@@ -377,10 +377,11 @@ def principals(compute):
 
 def read_state(settings, registry, compute_name, arm_token, arm=ARM):  # network
     """What check_cluster judges, read from ARM: {"registry", "compute", "roleAssignments"}. The same shape
-    is what AZURE_RESOURCES gives a dry run. roleAssignments: None where they could not be read (403)."""
+    is what AZURE_RESOURCES gives a dry run. roleAssignments: None where they could not be read (403).
+    registry None (REGISTRY=, not the workspace's: its resource is not known here): the cluster only."""
     compute = arm_get(compute_id(settings, compute_name), arm_token, COMPUTE_API_VERSION, arm)
     roles = []
-    for principal in principals(compute):
+    for principal in principals(compute) if registry else ():
         try:
             found = arm_get(
                 f"{registry['id']}/providers/Microsoft.Authorization/roleAssignments",
@@ -480,10 +481,33 @@ def check_pull_identity(job, state):
     return []
 
 
+# R5: torch 2.14.1's CUDA 13 wheels carry kernels for sm_75 and later, not sm_70 (V100): on these sizes
+# torch.cuda.is_available() is True and the first kernel fails ("no kernel image is available"). NCv3:
+# Standard_NC6s_v3, NC12s_v3, NC24s_v3, NC24rs_v3; NDv2: Standard_ND40rs_v2 (Microsoft Learn, ncv3-series,
+# ndv2-series: NVIDIA Tesla V100).
+V100_SIZES = re.compile(r"^standard_(nc\d+r?s_v3|nd40rs_v2)$", re.IGNORECASE)
+
+
+def gpu_warning(what, vm_size):
+    """One line for a VM size whose GPU the image's torch cannot run on, else None."""
+    if vm_size and V100_SIZES.match(vm_size):
+        return (
+            f"warning: {what} is {vm_size}, with V100 GPUs (sm_70), for which torch 2.14.1's CUDA 13 build has no "
+            f"kernels: the first GPU operation fails ('no kernel image is available'); choose a T4, A100 or H100 "
+            f"size, or TRAIN_ARGS=--device cpu"
+        )
+    return None
+
+
 def check_cluster(job, state):
     """Everything prepare says or refuses about the cluster and the registry, before the push."""
-    lines = cluster_differences(job, state["compute"]) if state.get("compute") else []
-    return lines + check_pull_identity(job, state)
+    compute = state.get("compute")
+    lines = cluster_differences(job, compute) if compute else []
+    if compute:
+        warning = gpu_warning(f"cluster {job.compute}", props(props(compute)).get("vmSize"))
+    else:
+        warning = gpu_warning("VM_SIZE", job.vm_size)
+    return lines + check_pull_identity(job, state) + ([warning] if warning else [])
 
 
 def state_from(text):

@@ -296,6 +296,11 @@ def prepare(adapter, args):
             ws = adapter.connect(settings, cred)
             if registry:
                 adapter.check_registry(ws, job)
+                say(
+                    aml.check_cluster(
+                        job, aml.read_state(settings, None, job.compute, adapter.token(cred, aml.ARM_SCOPE))
+                    )
+                )
             else:
                 arm_token = adapter.token(cred, aml.ARM_SCOPE)
                 resource = aml.registry_resource(adapter.registry_id(ws), arm_token)
@@ -317,6 +322,8 @@ def say(lines):
 def check_dry_run_state(job, args):
     """A dry run reads nothing from Azure, so it judges what AZURE_RESOURCES says Azure holds (the shapes
     the real run reads: aml.read_state), or says what the real run will check before the push."""
+    if args.registry or not args.azure_resources:
+        say(aml.check_cluster(job, {}))  # what the settings alone tell (R5)
     if args.registry:
         return
     if not args.azure_resources:

@@ -388,3 +388,20 @@ def test_azure_resources_for_a_dry_run_is_the_same_shapes():
     assert aml.state_from(json.dumps(state())) == state()
     with pytest.raises(aml.SubmitError, match="AZURE_RESOURCES is not a JSON object"):
         aml.state_from("[]")
+
+
+@pytest.mark.parametrize("size", ["Standard_NC6s_v3", "STANDARD_NC24RS_V3", "Standard_NC12s_v3", "Standard_ND40rs_v2"])
+def test_v100_sizes_are_warned_of_in_one_line_before_the_push(size):
+    """R5: torch 2.14.1's CUDA 13 build has no sm_70 kernels; the job would fail at its first GPU operation."""
+    (line,) = aml.check_cluster(aml.intent(PINNED, "src", [], vm_size=size), {})
+    assert line.startswith(f"warning: VM_SIZE is {size}, with V100 GPUs (sm_70)") and "\n" not in line
+    existing = {**CLUSTER, "identity": SYSTEM_IDENTITY}
+    existing["properties"] = {"computeType": "AmlCompute", "properties": {"vmSize": size}}
+    admin = {**REGISTRY, "properties": {"adminUserEnabled": True}}
+    lines = aml.check_cluster(aml.intent(PINNED, "src", []), state(registry=admin, compute=existing))
+    assert lines[-1].startswith(f"warning: cluster cpu-cluster is {size}, with V100 GPUs")  # the size it has
+
+
+@pytest.mark.parametrize("size", ["STANDARD_D2_V2", "Standard_NC4as_T4_v3", "Standard_NC24ads_A100_v4", "Standard_NC6"])
+def test_other_sizes_are_not_warned_of(size):
+    assert aml.check_cluster(aml.intent(PINNED, "src", [], vm_size=size), {}) == []

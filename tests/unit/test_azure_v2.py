@@ -222,7 +222,7 @@ def test_v2_the_cluster_azure_ai_ml_would_create_reads_back_as_asked_by_our_arm_
     import aml_v2
 
     for low_priority in (False, True):
-        job = aml.intent(REF, str(source), [], vm_size="Standard_NC6s_v3", low_priority=low_priority, nodes=2)
+        job = aml.intent(REF, str(source), [], vm_size="Standard_NC4as_T4_v3", low_priority=low_priority, nodes=2)
         created = aml_v2.compute_config(job)._to_rest_object()
         arm = created.as_dict()
         assert arm["identity"]["type"] == "SystemAssigned" and arm["properties"]["computeType"] == "AmlCompute"
@@ -232,7 +232,7 @@ def test_v2_the_cluster_azure_ai_ml_would_create_reads_back_as_asked_by_our_arm_
         assert aml.check_cluster(job, {"registry": registry, "compute": arm, "roleAssignments": roles}) == []
         # and the SDK reads the same JSON back as the cluster it is
         back = AmlCompute._load_from_rest(rest.ComputeResource(arm))
-        assert (back.size, back.max_instances, back.identity.type) == ("Standard_NC6s_v3", 4, "system_assigned")
+        assert (back.size, back.max_instances, back.identity.type) == ("Standard_NC4as_T4_v3", 4, "system_assigned")
     bare = rest.ComputeResource(
         identity=rest.ManagedServiceIdentity(type="None"),
         properties=rest.AmlCompute(properties=rest.AmlComputeProperties(vm_size="STANDARD_D2_V2")),
