@@ -65,6 +65,16 @@ def load_checkpoint(path, recipe):
     return ckpt
 
 
+def rotate(newest):
+    """Drop the checkpoints beside `newest` but the KEEP - 1 before it; later steps too (a run resumed
+    from an earlier file left them)."""
+    found = sorted(newest.parent.glob("step-*.pt"))
+    kept = {newest, *[p for p in found if p.name < newest.name][-(KEEP - 1) :]}
+    for old in found:
+        if old not in kept:
+            old.unlink()
+
+
 class Checkpoints:
     """The checkpoints of one run in `folder`; only the process with `write=True` (rank 0) writes."""
 
@@ -86,11 +96,7 @@ class Checkpoints:
             "recipe": self.recipe,
         }
         save_torch(ckpt, path, "--checkpoint-dir")
-        found = sorted(self.folder.glob("step-*.pt"))
-        kept = {path, *[p for p in found if p.name < path.name][-(KEEP - 1) :]}
-        for old in found:
-            if old not in kept:
-                old.unlink()
+        rotate(path)
         return path
 
     def restore(self, path, model, optimizer):

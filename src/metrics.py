@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import outputs
+
 # A local server that is down must cost seconds, not MLflow's defaults (120 s timeout, 7 retries
 # with backoff). Names from mlflow/environment_variables.py (mlflow-skinny 3.15). Only for
 # http(s) servers: Azure ML's azureml:// tracking keeps MLflow's patient defaults.
@@ -67,7 +69,7 @@ def reachable(uri):
     """None if an http(s) tracking server answers /health, else why not (one short try)."""
     if not uri.startswith(("http://", "https://")):
         return None  # azureml:// and file: stores have no /health; MLflow reports their errors
-    import urllib.request  # here: a tenth of a second that runs without a server need not pay
+    import urllib.request  # here: a run without a server need not import it
 
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS):
@@ -138,14 +140,14 @@ class MlflowRun:
         for name in ("mlflow.utils.git_utils", "mlflow.tracking.context.registry"):
             logging.getLogger(name).setLevel(logging.ERROR)
         self.client = mlflow.MlflowClient()
-        self.run_id = os.environ.get("MLFLOW_RUN_ID") or self.create_run()
+        self.run_id = os.environ.get("MLFLOW_RUN_ID") or self.create_run(tags.get("run"))
         self.client.log_batch(
             self.run_id,
             params=[Param(k, str(v)) for k, v in params.items()],
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
 
-    def create_run(self):
+    def create_run(self, name):
         from mlflow.tracking.context.registry import resolve_tags  # the source and user tags fluent's start_run adds
 
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
@@ -157,7 +159,8 @@ class MlflowRun:
         # MLflow would print its own link at the end, as the trainer sees the server (http://mlflow:5000
         # in compose, which the host cannot open); link() prints one the host opens instead.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        return self.client.create_run(experiment, tags=resolve_tags()).info.run_id
+        # Named as the run's own folder: the UI's run and outputs/<name>/ are found by the same name.
+        return self.client.create_run(experiment, tags=resolve_tags(), run_name=name).info.run_id
 
     def link(self):
         """The run's page in the UI: under TRACKING_UI_URL (where the host reaches compose's server,
@@ -184,6 +187,12 @@ class MlflowRun:
             link = self.link()
             if link:
                 print(f"mlflow: {link}")
+
+
+def append_line(path, line):
+    """One line at the end of metrics.jsonl: fsynced with each checkpoint (sync), not at every line."""
+    with open(path, "a") as f:
+        f.write(line + "\n")
 
 
 class Metrics:
@@ -213,6 +222,35 @@ class Metrics:
             f"tracking off: {where} failed ({detail}); the run goes on, metrics.jsonl records it{fix}", file=sys.stderr
         )
 
+    def resume(self, step):
+        """A run continued from its checkpoint at `step`: metrics.jsonl keeps what was logged up to it
+        (what a killed run logged after it, or tore mid-line, is logged again), and `last` is read back."""
+        if self.path is None or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # the line a kill tore: the last one
+                break
+            if record["step"] > step:
+                break
+            kept.append(line)
+            self.last[record["name"]] = float(record["value"])
+        text = "".join(line + "\n" for line in kept)
+        if text != self.path.read_text():
+            outputs.atomic_write(self.path, lambda f: f.write(text.encode()))
+
+    def sync(self):
+        """metrics.jsonl on disk up to now: called before a checkpoint, so that what resume() keeps survives
+        a power cut as the checkpoint does."""
+        if self.path is not None and self.path.exists():
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def start(self, params, tags):
         """Once per run: the recipe as parameters, provenance (image, code, packages) as tags."""
         if self.path is not None:
@@ -224,8 +262,7 @@ class Metrics:
         if self.path is None:
             return
         record = {"name": name, "value": value, "step": step, "epoch": epoch, "time": round(time.time() - self.t0, 3)}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
         self.call("log", name, value, step)
 
     def close(self, artifacts=(), status="FINISHED"):

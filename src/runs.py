@@ -24,6 +24,7 @@ from checkpoint import find_latest, load_checkpoint
 from cli import recipe
 
 RUN_FILE = "run.json"  # in the output folder: the name of the run whose results it holds
+SUMMARY = outputs.SUMMARY  # written last: the mark of a finished run
 LATEST = "latest"  # outputs/latest -> the newest run's folder (by default only)
 DEFAULT_OUTPUTS = "outputs"
 DEFAULT_CHECKPOINTS = "checkpoints"
@@ -117,7 +118,7 @@ def plan(args, environ=os.environ):
             return found
     # `--resume auto` of a run that wrote no checkpoint starts it again: its partial results go.
     again = args.resume == "auto" and name is not None
-    if again and (out_dir / "summary.json").exists():
+    if again and (out_dir / SUMMARY).exists():
         why = f"run {name} has finished ({out_dir}/): {NEW_RUN[False]}"
         return RunFolders(name, out_dir, ckpt_root, None, why)
     overwrite = args.overwrite or again
@@ -132,6 +133,8 @@ def create(folders):
     """Make the run's folders, name a new run (run.json, outputs/latest), clear what --overwrite replaces."""
     if not folders.new:
         outputs.make_dirs((folders.out_dir, "--output-dir"), (folders.ckpt_dir, "--checkpoint-dir"))
+        for folder in (folders.out_dir, folders.ckpt_dir):  # a resumed run owns both: what a kill tore goes
+            outputs.remove_torn(folder)
         return folders
     out_dir, name = folders.out_dir, folders.name
     if out_dir is None:
@@ -166,14 +169,16 @@ def checkpoint_folder(folders):
 
 
 def continue_run(args, name, out_dir, ckpt_root, new_run):
-    """RunFolders continuing run `name` from its newest checkpoint; None if it has none."""
+    """RunFolders continuing run `name` from its newest checkpoint; None if it has none. A run is finished
+    when its summary.json, written last, is there: one whose training is done but whose outputs are not
+    (killed while writing them) continues into writing them."""
     ckpt_dir = ckpt_root / name
     path = find_latest(ckpt_dir)
     if path is None:
         return None
     state = load_checkpoint(path, recipe(args))["state"]  # a dict: LoopState's fields
     done = None
-    if state["epoch"] >= args.epochs:
+    if state["epoch"] >= args.epochs and (Path(out_dir) / SUMMARY).exists():
         done = (
             f"run {name} has finished all {state['epoch']} epochs ({out_dir}/): nothing to resume; "
             f"pass --epochs {state['epoch'] + 1} or more to extend it, or {new_run}"

@@ -148,6 +148,8 @@ def setup(args, ddp, device, folders):
     state = checkpoints.restore(resume, model, optimizer) if resume else LoopState()
     # Only rank 0 records: the other ranks neither look for a tracker nor fingerprint the packages.
     metrics = Metrics(out_dir, tracker()) if ddp.main else Metrics(None)
+    if resume:
+        metrics.resume(state.global_step)
     info = provenance() if ddp.main else {}
     net = DistributedDataParallel(model) if ddp.on else model  # DDP: rank 0's weights to all, grads averaged
     step = make_step(net, optimizer, device, ddp.on)  # the tutorial's kernels called directly, or autograd
@@ -155,7 +157,9 @@ def setup(args, ddp, device, folders):
         args, folders, ddp, device, train_data, model, net, optimizer, step, checkpoints, metrics, state, info
     )
     announce(run)
-    if resume:
+    if resume and state.epoch >= args.epochs:  # killed while writing its outputs: they are all that is left
+        run.say(f"resumed from {resume}: training had finished (epoch {state.epoch}); completing the outputs")
+    elif resume:
         run.say(f"resumed from {resume} at epoch {state.epoch + 1}, step {state.global_step}")
     config = {**vars(args), "device": device.name, "threads": torch.get_num_threads(), "world": ddp.world}
     if ddp.on:  # what each rank took of this node's cores
@@ -232,6 +236,11 @@ def record(run, name, value, epoch):
 
 
 def checkpoint(run, reason):
+    # Rank 0's checkpoint holds the loss sums of every rank: each rank's are set to their mean over ranks,
+    # which leaves every later logged mean as it was.
+    state = run.state
+    state.running_loss, state.epoch_loss = run.ddp.mean(state.running_loss), run.ddp.mean(state.epoch_loss)
+    run.metrics.sync()  # the lines a resume from this checkpoint keeps are on disk before it is
     path = run.checkpoints.save(run.model, run.optimizer, run.state)
     if path:
         run.say(f"checkpoint ({reason}): {path}")
@@ -257,13 +266,13 @@ def finish(run):
     if not run.ddp.main:
         return 0
     out_dir, state = run.folders.out_dir, run.state
-    weights, png, summary_json = out_dir / "model.pt", out_dir / "curves.png", out_dir / "summary.json"
+    weights, png, summary_json = out_dir / "model.pt", out_dir / "curves.png", out_dir / outputs.SUMMARY
     outputs.save_torch(run.model.state_dict(), weights)
     outputs.plot(run.metrics.path, png)
     seconds = state.train_seconds
     summary = {
         "run": run.folders.name,
-        "config": vars(run.args),
+        "config": {k: v for k, v in vars(run.args).items() if k != "resume"},  # how it started, not the run
         "device": run.device.name,
         "threads": torch.get_num_threads(),
         "world_size": run.ddp.world,
@@ -282,7 +291,7 @@ def finish(run):
 
 if __name__ == "__main__":
     code = main()
-    # At exit Python's collector walks every object torch and torchvision made (a million, with
-    # torch._dynamo and sympy): a second. Frozen objects are skipped; exit handlers still run.
+    # At exit Python's collector walks every object torch and torchvision made (docs/perf.md, "Start-up,
+    # exit, threads and the allocator"). Frozen objects are skipped; exit handlers still run.
     gc.freeze()
     raise SystemExit(code)
