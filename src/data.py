@@ -10,8 +10,8 @@ that must not be written back (v1). A folder holding only the .tar.gz is verifie
 extracted into a local scratch folder ($TMPDIR); only a download writes into it.
 
 torchvision is imported where the real CIFAR-10 files or PIL images are handled, not at import: it
-imports torch._dynamo and sympy, a second and a half of start-up that a --fake-data run on the fast
-pipeline never needs.
+imports torch._dynamo and sympy, seconds of start-up (docs/perf.md, "Start-up, exit, threads and the
+allocator") that a --fake-data run on the fast pipeline never needs.
 """
 
 import os
@@ -75,8 +75,8 @@ def files(folder):
 def first_bad_file(folder):
     """The first file missing or failing its md5 check, or None when the extracted set is intact.
 
-    The files are hashed in parallel: hashlib and file reads release the GIL, so on 2 cores the
-    check of CIFAR-10's 178 MB takes half the time."""
+    The files are hashed in parallel: hashlib and file reads release the GIL, so the check of
+    CIFAR-10's 178 MB uses every core."""
     listed = files(folder)
     with ThreadPoolExecutor(max_workers=min(len(listed), os.cpu_count() or 1)) as pool:
         intact = list(pool.map(lambda entry: utils().check_integrity(*entry), listed))
@@ -130,10 +130,14 @@ def prepare(root, download=True):
         if first_bad_file(scratch) is not None:  # another rank of this node may have done it
             extract(root / c.filename, scratch)
         return scratch
-    if not download:
-        found = "missing" if not bad.exists() else "corrupt"
+    if bad.exists():  # there, but not CIFAR-10's: named whatever the flags (a download may not replace it)
         raise DataError(
-            f"CIFAR-10 is missing or corrupt in {root}/{c.base_folder}: {bad} is {found} (md5 check); "
+            f"CIFAR-10 is corrupt in {root}/{c.base_folder}: {bad} fails its md5 check; replace it with "
+            f"CIFAR-10's own (or remove {root}/{c.base_folder}/ to download it again), or {FAKE}"
+        )
+    if not download:
+        raise DataError(
+            f"CIFAR-10 is missing in {root}/{c.base_folder}: {bad} is not there; "
             f"put the data set or {c.filename} there, rerun with network access, or {FAKE}"
         )
     try:
@@ -141,8 +145,8 @@ def prepare(root, download=True):
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         reason = getattr(e, "reason", None) or e
         raise DataError(
-            f"CIFAR-10 is missing or corrupt in {root} and could not be downloaded ({reason}): "
-            f"put {c.base_folder}/ or {c.filename} there, or {FAKE}"
+            f"CIFAR-10 is missing in {root}/{c.base_folder} ({bad} is not there) and could not be downloaded "
+            f"({reason}): put {c.base_folder}/ or {c.filename} there, or {FAKE}"
         ) from None
     return root
 

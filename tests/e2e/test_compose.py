@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import e2e_env
 from e2e_env import IMAGE, LOSS_LINE, ROOT, TESTS_MOUNT, UID, compose_env
@@ -147,7 +148,7 @@ def test_real_format_cifar_files_through_compose(dirs):
 def test_missing_data_and_no_network_fails_in_one_line_and_writes_nothing(dirs):
     r = compose(dirs, "run", "--rm", "train", "--no-download", check=False)
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith("error: CIFAR-10 is missing or corrupt in data/")
+    assert r.stderr.strip().splitlines()[-1].startswith("error: CIFAR-10 is missing in data/")
     assert "Traceback" not in r.stderr
     assert list(dirs["outputs"].iterdir()) == []
 
@@ -168,3 +169,14 @@ def test_image_carries_labels_and_no_build_secrets():
         timeout=120,
     )
     assert found.stdout.strip() == ""
+
+
+def test_compose_gives_the_container_the_shm_an_azure_ml_job_gets():
+    """DataLoader workers (--pipeline tutorial) see the same /dev/shm here as in the job azure/aml.py describes."""
+    sys.path.insert(0, str(ROOT / "azure"))
+    import aml
+
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    job = aml.Intent.__dataclass_fields__["shm_size"].default
+    config = json.loads(e2e_env.compose(os.environ, "config", "--format", "json").stdout)
+    assert int(config["services"]["train"]["shm_size"]) == int(job[:-1]) * units[job[-1]]

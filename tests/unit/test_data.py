@@ -47,13 +47,18 @@ def test_corrupt_archive_is_named_in_one_line(cifar_dir):
     assert not data.scratch_folder().exists()
 
 
-def test_corrupt_file_is_named_with_the_fix(cifar_dir):
+@pytest.mark.parametrize("download", [False, True])
+def test_corrupt_file_is_named_as_corrupt_whatever_the_flags(cifar_dir, download):
     batch = cifar_dir / "cifar-10-batches-py" / "data_batch_3"
     raw = bytearray(batch.read_bytes())
     raw[-100] ^= 0xFF
     batch.write_bytes(bytes(raw))
-    with pytest.raises(data.DataError, match=rf"missing or corrupt .*: {batch} is corrupt .*--fake-data"):
-        data.prepare(cifar_dir, download=False)
+    with pytest.raises(data.DataError) as err:
+        data.prepare(cifar_dir, download=download)
+    message = str(err.value)
+    assert message.startswith(f"CIFAR-10 is corrupt in {cifar_dir}/cifar-10-batches-py: {batch} fails its md5")
+    assert "--fake-data" in message and "\n" not in message
+    assert batch.read_bytes() == bytes(raw)  # nothing downloaded over it
 
 
 @pytest.mark.parametrize("damage", ["missing_batch", "empty_dir"])
@@ -66,7 +71,8 @@ def test_partial_data_and_no_network_gives_one_clear_message(cifar_dir, damage):
     with pytest.raises(data.DataError) as err:
         data.prepare(cifar_dir, download=True)
     message = str(err.value)
-    assert "could not be downloaded" in message and "cifar-10-batches-py" in message
+    missing = folder / ("data_batch_5" if damage == "missing_batch" else "data_batch_1")
+    assert f"({missing} is not there) and could not be downloaded" in message
     assert "\n" not in message
 
 

@@ -1,5 +1,6 @@
 """Start-up: a run imports only what it uses. torchvision, and torch.compile's machinery (torch._dynamo,
-sympy) that torchvision and torch.optim pull in, are 1.5 s of a first line that comes after 2 s."""
+sympy) that torchvision and torch.optim pull in, cost seconds before the first line (docs/perf.md, "Start-up,
+exit, threads and the allocator")."""
 
 import json
 import subprocess

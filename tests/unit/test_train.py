@@ -107,7 +107,8 @@ def test_a_run_hashes_each_data_file_once_and_still_catches_corruption(cifar_dir
 def test_missing_data_without_network_is_one_clear_error(tmp_path, capsys):
     assert run_main(tmp_path, "--no-download") == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: CIFAR-10 is missing or corrupt") and err.count("\n") == 1
+    assert err.startswith("error: CIFAR-10 is missing in") and err.count("\n") == 1
+    assert "data_batch_1 is not there" in err
     assert not (tmp_path / "out" / "model.pt").exists()
 
 
@@ -131,6 +132,7 @@ BAD_FLAGS = [
     "--output-dir=",
     "--device tpu",
     "--no-such-flag",
+    "--epoch 1",  # a prefix of --epochs: refused, not taken for it
 ]
 
 
