@@ -1,14 +1,14 @@
 # Everything runs in the image; the host needs Docker (with compose v2) and make,
 # plus python3 for the end-to-end tests that drive `docker compose` from outside.
 IMAGE        ?= cifar10-trainer:local
-EPOCHS       ?= 2
+EPOCHS       ?=
 ARGS         ?=
 DATA_DIR     ?= ./data
 OUTPUTS_DIR  ?= ./outputs
 CHECKPOINTS_DIR ?= ./checkpoints
 HOST_VENV    ?= .venv-host
 # make submit / upload-data: docs/azure.md lists their variables (azure/submit.py reads them, once)
-TRAIN_ARGS   ?= --epochs $(EPOCHS)
+TRAIN_ARGS   ?= $(EPOCHS_FLAG)
 PROCS        ?= 2
 IMAGE_MLFLOW  ?= cifar10-mlflow:local
 IMAGE_BROWSER ?= cifar10-browser:local
@@ -35,6 +35,13 @@ export CREATED  := $(CREATED)
 export SOURCE   := $(SOURCE)
 
 COMPOSE := docker compose
+# --epochs only when EPOCHS is given: the trainer's own default (src/cli.py) is the one default.
+EPOCHS_FLAG = $(if $(EPOCHS),--epochs $(EPOCHS))
+# A build's steps when its target is asked for by name (make build), quietly when it comes first for
+# another target (a cached build takes seconds; errors still show). Offline, a base image that cannot be
+# pulled gets one line naming BASE_IMAGE.
+BUILD = @$(COMPOSE) --progress $(if $(filter $@,$(MAKECMDGOALS)),auto,quiet) $(1) build $(2) \
+  || { echo "make: building $(2) failed; offline or without a registry? BASE_IMAGE=<a local debian:bookworm-slim> make $(or $(MAKECMDGOALS),$@) (docs/ci.md)" >&2; exit 1; }
 # The run's link in the MLflow UI, at the port the host reaches `make ui`'s server on (asked once).
 ifeq ($(MLFLOW_TRACKING_URI),http://mlflow:5000)
 ifndef TRACKING_UI_URL
@@ -45,55 +52,50 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build image submit-v2-image mlflow-image registry build-submit-v2 build-tracking ui train train-ddp train-2node dirs submit upload-data attach-registry test test-unit test-e2e lint lock bench bench-ddp compare clean
+.PHONY: help build build-submit-v2 build-mlflow build-browser registry ui train train-ddp train-2node dirs submit upload-data attach-registry test test-unit test-e2e lint lock bench bench-ddp compare clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-build: ## build the training image (IMAGE, default cifar10-trainer:local), showing every step
-	$(COMPOSE) build train
+build: ## build the training image (IMAGE, default cifar10-trainer:local)
+	$(call BUILD,,train)
+build-submit-v2: ## the image that submits with SDK v2 (azure-ai-ml), kept apart from the runtime
+	$(call BUILD,--profile azure,submit-v2)
+build-mlflow: ## the MLflow server's image (make ui; COMPUTE=local's stand-ins)
+	$(call BUILD,--profile tracking,mlflow)
+build-browser: ## the headless browser the tracking test uses
+	$(call BUILD,--profile browser,browser)
 
-# What the train and submit targets build first: the same images, quietly (a cached build takes seconds;
-# errors still show). The submitter for SDK v2; the MLflow server's image holds COMPUTE=local's stand-ins.
-image:
-	@echo "make: building $(IMAGE) quietly (make build shows the steps)"
-	@$(COMPOSE) --progress quiet build train
-submit-v2-image:
-	@$(COMPOSE) --progress quiet --profile azure build submit-v2
-mlflow-image:
-	@$(COMPOSE) --progress quiet --profile tracking build mlflow
+train: build dirs ## train in the image: make train EPOCHS=1 ARGS="--fake-data 2000"
+	$(COMPOSE) run --rm train $(EPOCHS_FLAG) $(ARGS)
 
-train: image dirs ## train in the image: make train EPOCHS=1 ARGS="--fake-data 2000"
-	$(COMPOSE) run --rm train --epochs $(EPOCHS) $(ARGS)
+train-ddp: build dirs ## one container, PROCS processes (torchrun): make train-ddp PROCS=2 ARGS="--fake-data 4000"
+	$(COMPOSE) run --rm train python /app/src/launch.py --standalone --nproc-per-node $(PROCS) /app/src/train.py $(EPOCHS_FLAG) $(ARGS)
 
-train-ddp: image dirs ## one container, PROCS processes (torchrun): make train-ddp PROCS=2 ARGS="--fake-data 4000"
-	$(COMPOSE) run --rm train python /app/src/launch.py --standalone --nproc-per-node $(PROCS) /app/src/train.py --epochs $(EPOCHS) $(ARGS)
-
-train-2node: image dirs ## a 2-node job as two containers, as on Azure ML: make train-2node DDP_ARGS="..."
-	@# compose's "Aborting on container exit..." reads like a failure when node0 simply finished: dropped
-	bash -o pipefail -c '$(COMPOSE) --profile ddp up --abort-on-container-exit --exit-code-from node0 node0 node1 \
-	  | grep -v "^Aborting on container exit"'
-	$(COMPOSE) --profile ddp rm -f node0 node1
+train-2node: build dirs ## a 2-node job as two containers, as on Azure ML: make train-2node DDP_ARGS="..."
+	@# Both followed to their end: node 0's last lines (its outputs) too, and no compose "Aborting on
+	@# container exit" when node 1 is done first. The job's status is node 0's.
+	$(COMPOSE) --profile ddp up -d --force-recreate node0 node1
+	$(COMPOSE) --profile ddp logs -f node0 node1
+	@code=$$(docker inspect -f '{{.State.ExitCode}}' $$($(COMPOSE) --profile ddp ps -aq node0)); \
+	  $(COMPOSE) --profile ddp rm -fs node0 node1 >/dev/null 2>&1; exit $$code
 
 dirs:
 	@mkdir -p $(DATA_DIR) $(OUTPUTS_DIR) $(CHECKPOINTS_DIR)
 
-submit: image $(if $(filter v2,$(SDK)),submit-v2-image) $(if $(filter local,$(COMPUTE)),mlflow-image) ## push by digest, submit to Azure ML (DRY_RUN=1, SDK=v2; COMPUTE=local REGISTRY=127.0.0.1:PORT runs it here)
+submit: build $(if $(filter v1,$(SDK)),,build-submit-v2) $(if $(filter local,$(COMPUTE)),build-mlflow) ## push by digest, submit to Azure ML (DRY_RUN=1, SDK=v1; COMPUTE=local REGISTRY=127.0.0.1:PORT runs it here)
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	bash azure/submit.sh
 
-upload-data: image $(if $(filter v2,$(SDK)),submit-v2-image) ## ./data to the default datastore at DATA_PATH (tutorial part 4; COMPUTE=local: LOCAL_DATASTORE)
+upload-data: build $(if $(filter v1,$(SDK)),,build-submit-v2) ## ./data to the default datastore at DATA_PATH (tutorial part 4; COMPUTE=local: LOCAL_DATASTORE)
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	bash azure/submit.sh upload-data
 
-attach-registry: submit-v2-image ## create (ACR=NAME) and attach the workspace's container registry, or attach ACR=ID (DRY_RUN=1)
+attach-registry: build-submit-v2 ## create (ACR=NAME) and attach the workspace's container registry, or attach ACR=ID (DRY_RUN=1)
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	$(COMPOSE) --profile azure run --rm submit-v2 attach-registry $(if $(DRY_RUN),--dry-run)
 
-build-submit-v2: ## the image that submits with SDK v2 (azure-ai-ml), kept apart from the runtime
-	$(COMPOSE) --profile azure build submit-v2
-
-test: lint build build-submit-v2 build-tracking test-unit test-e2e ## lint, build, unit tests in the images, end-to-end tests
+test: lint build build-submit-v2 build-mlflow build-browser test-unit test-e2e ## lint, build, unit tests in the images, end-to-end tests
 
 test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the submit-v2 image)
 	$(COMPOSE) run --rm test
@@ -113,16 +115,13 @@ lock: ## re-resolve docker/*.in (runtime, submit-v2, mlflow) into docker/*.lock 
 	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
 
-registry: ## a local registry on 127.0.0.1:5001 (REGISTRY_PORT), for make submit COMPUTE=local REGISTRY=127.0.0.1:5001
+registry: ## a local registry (port: REGISTRY_PORT, default in compose.yaml), for make submit COMPUTE=local REGISTRY=...
 	$(COMPOSE) --profile registry up -d --build registry
-	@echo "registry: 127.0.0.1:$${REGISTRY_PORT:-5001} (stop: docker compose --profile registry down)"
+	@echo "registry: $$($(COMPOSE) --profile registry port registry 5000) (stop: docker compose --profile registry down)"
 
 ui: ## start the MLflow tracking server and its UI (127.0.0.1:5000); then: make train MLFLOW=1
 	$(COMPOSE) --profile tracking up -d --build --wait mlflow
 	@echo "MLflow UI: http://$$($(COMPOSE) --profile tracking port mlflow 5000)"
-
-build-tracking: ## the MLflow server's image and the headless browser the tracking test uses
-	$(COMPOSE) --profile tracking --profile browser build mlflow browser
 
 bench: build ## the whole `docker compose run train` against the tutorial's train.py, side by side: ARGS="--epochs 1 --loop"
 	python3 bench/product.py $(ARGS)

@@ -86,7 +86,7 @@ def wait_healthy(url, container, seconds=120):
 def start(sdk, run_id, experiment, network):
     """Start the stand-in on the job's network; returns (handle, the variables Azure ML would set for it)."""
     if subprocess.run(["docker", "image", "inspect", IMAGE_MLFLOW], capture_output=True).returncode:
-        raise StandinError(f"the tracking stand-in runs in {IMAGE_MLFLOW}, which is missing: make build-tracking")
+        raise StandinError(f"the tracking stand-in runs in {IMAGE_MLFLOW}, which is missing: make build-mlflow")
     name = f"{network}-standin"
     docker = ["docker", "run", "-d", "--rm", "--name", name, "--network", network, "-p", f"127.0.0.1::{PORT}"]
     if sdk == "v2":  # the image's own `mlflow server`, answering to the name the job uses

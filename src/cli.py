@@ -77,7 +77,8 @@ def resume_from(text):
 
 
 def build_parser():
-    p = Parser(description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # No prefixes: `--epoch 1` is an error naming it, not --epochs taken silently.
+    p = Parser(description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_recipe(p.add_argument)
     add_folders(p.add_argument)
     add_execution(p.add_argument)

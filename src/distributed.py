@@ -16,6 +16,8 @@ import torch.distributed as dist
 
 from errors import TrainerError
 
+MASTER_PORT = "29500"  # where MASTER_PORT is unset: torchrun's default, and the rendezvous compose's nodes use
+
 
 class Distributed:
     def __init__(self, environ=os.environ):
@@ -33,6 +35,7 @@ class Distributed:
         if not self.on:
             return
         backend = "nccl" if device.startswith("cuda") else "gloo"
+        os.environ.setdefault("MASTER_PORT", MASTER_PORT)  # env:// needs one; Azure ML and torchrun set it
         interface = gloo_interface(self.environ) if backend == "gloo" else None
         if interface:
             os.environ["GLOO_SOCKET_IFNAME"] = interface
@@ -152,7 +155,7 @@ def gloo_interface(environ):
         return None
     if not own.startswith("127.") or master.startswith("127."):
         return None
-    return route_interface(master, environ.get("MASTER_PORT", "29500"))
+    return route_interface(master, environ.get("MASTER_PORT", MASTER_PORT))
 
 
 class StopFlag:

@@ -3,7 +3,7 @@ exactly what each run wrote to metrics.jsonl, and its UI, loaded in headless Chr
 and draws each run's falling loss. The runs train on the fixture's learnable images (real CIFAR-10 files
 in format, each class its own pattern plus noise), so the loss falls as it would on CIFAR-10.
 
-Images: IMAGE (the trainer), IMAGE_MLFLOW and IMAGE_BROWSER (`make build-tracking`; built here when
+Images: IMAGE (the trainer), IMAGE_MLFLOW and IMAGE_BROWSER (`make build-mlflow build-browser`; built here when
 missing). The screenshot is kept in E2E_ARTIFACTS (default $TMPDIR/cifar10-e2e/) and its path printed.
 """
 
@@ -133,6 +133,7 @@ def test_each_run_in_mlflow_holds_its_metrics_jsonl_params_tags_and_files(server
         for key in ("image_ref", "image_revision", "source_sha256", "packages_sha256"):
             assert tags[key] == str(summary[key]), key
         assert tags["image_ref"] == IMAGE
+        assert run["info"]["run_name"] == summary["run"]  # the UI names the run as its folder does
         files = {f["path"] for f in api(url, "artifacts/list", run_id=run_id).get("files", [])}
         assert files == {"model.pt", "curves.png", "summary.json"}
     # Different seeds, different trajectories: the comparison the UI is for has something to compare.
