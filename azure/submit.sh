@@ -9,8 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-cifar10-trainer:local}
-case "${SDK:-v1}" in
-  v1) service=submit ;;
+case "${SDK:-v2}" in
+  v1) service=submit
+    # The tutorial's SDK still works (the image keeps azureml-core); say once that it is on its way out.
+    echo "note: SDK v1 (azureml-core) is past its end of support (2026-06-30," \
+      "https://learn.microsoft.com/azure/machine-learning/how-to-migrate-from-v1): SDK=v2 is the default" >&2 ;;
   v2) service=submit-v2 ;;
   *) echo "error: SDK=${SDK}: expected v1 (azureml-core) or v2 (azure-ai-ml)" >&2; exit 2 ;;
 esac

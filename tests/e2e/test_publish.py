@@ -46,7 +46,7 @@ def test_stale_src_is_refused_before_anything_is_pushed(worktree, registry):
     assert tags(registry) == before
 
 
-# A registry other than the workspace's (REGISTRY=) needs a pulling identity (v1); these tests push there.
+# A registry other than the workspace's (REGISTRY=) needs a pulling identity (SDK=v1); these tests push there.
 CLIENT_ID = "0c1e7d00-0000-4000-8000-00000000c1d0"
 PULLER = {
     "REGISTRY_IDENTITY": "/subscriptions/0/userAssignedIdentities/puller",
@@ -56,7 +56,7 @@ PULLER = {
 
 def test_missing_workspace_config_is_refused_before_anything_is_pushed(worktree, registry):
     before = tags(registry)
-    r = submit_sh(worktree, registry, **PULLER)
+    r = submit_sh(worktree, registry, SDK="v1", **PULLER)
     assert r.returncode != 0 and "no Azure ML workspace configured" in r.stderr
     assert tags(registry) == before
 
@@ -66,17 +66,49 @@ def test_missing_credentials_are_refused_before_anything_is_pushed(worktree, reg
     (worktree / ".azureml" / "config.json").write_text(
         json.dumps({"subscription_id": "0000", "resource_group": "rg", "workspace_name": "ws"})
     )
-    r = submit_sh(worktree, registry, AUTH="sp", **PULLER)
+    r = submit_sh(worktree, registry, SDK="v1", AUTH="sp", **PULLER)
     assert r.returncode != 0 and "service principal login needs AZURE_TENANT_ID" in r.stderr
-    r = submit_sh(worktree, registry, **PULLER)
+    r = submit_sh(worktree, registry, SDK="v1", **PULLER)
     assert r.returncode != 0 and "no Azure credentials" in r.stderr
     assert tags(registry) == before
 
 
-def test_make_submit_dry_run_prints_the_push_and_the_definitions_without_network(worktree, registry):
-    r = submit_sh(worktree, registry, DRY_RUN="1", TRAIN_ARGS="--epochs 1", **PULLER)
+# SDK=v1's one line before anything else it prints (R11); SDK v2 is the default and prints none.
+SDK_V1_NOTE = (
+    "note: SDK v1 (azureml-core) is past its end of support (2026-06-30, "
+    "https://learn.microsoft.com/azure/machine-learning/how-to-migrate-from-v1): SDK=v2 is the default"
+)
+
+
+def errors(r, sdk):
+    """stderr's lines after SDK=v1's note, which must come first and once (and never with v2)."""
+    lines = r.stderr.strip().splitlines()
+    assert (lines[:1] == [SDK_V1_NOTE]) == (sdk == "v1") and r.stderr.count(SDK_V1_NOTE) <= 1, r.stderr
+    return lines[1:] if sdk == "v1" else lines
+
+
+def test_make_submit_dry_run_with_no_sdk_prints_an_azure_ai_ml_command_job(worktree, registry):
+    r = submit_sh(worktree, registry, DRY_RUN="1", TRAIN_ARGS="--epochs 1", REGISTRY_CONNECTION="other-acr")
     assert r.returncode == 0, r.stderr
+    errors(r, "v2")
+    plan = json.loads(r.stdout[r.stdout.index("{") :])
+    assert plan["sdk"] == "v2" and plan["experiment_name"] == "day1-experiment-train"
+    assert plan["job"]["type"] == "command" and plan["job"]["compute"].endswith("cpu-cluster")
+    assert plan["job"]["environment"]["image"].startswith(f"{registry}/cifar10-trainer@sha256:")
+    assert plan["job"]["component"]["command"].endswith("train.py --epochs 1")
+    assert "timing: check and login" in r.stderr and ", push " in r.stderr
+
+
+def test_make_submit_sdk_v1_dry_run_notes_its_end_of_support_and_prints_the_definitions(worktree, registry):
+    r = submit_sh(worktree, registry, SDK="v1", DRY_RUN="1", TRAIN_ARGS="--epochs 1", **PULLER)
+    assert r.returncode == 0, r.stderr
+    errors(r, "v1")
     assert f"would run: docker tag {IMAGE} {registry}/cifar10-trainer:" in r.stderr
+    plan = json.loads(r.stdout[r.stdout.index("{") :])
+    assert plan["environment"]["docker"]["baseImage"].startswith(f"{registry}/cifar10-trainer@sha256:")
+    assert plan["environment"]["docker"]["baseImageRegistry"]["registryIdentity"]["clientId"] == CLIENT_ID
+    assert plan["runConfiguration"]["arguments"] == ["--epochs", "1"]
+    assert "timing: check and login" in r.stderr and ", push " in r.stderr
     plan = json.loads(r.stdout[r.stdout.index("{") :])
     assert plan["environment"]["docker"]["baseImage"].startswith(f"{registry}/cifar10-trainer@sha256:")
     assert plan["environment"]["docker"]["baseImageRegistry"]["registryIdentity"]["clientId"] == CLIENT_ID
@@ -90,7 +122,7 @@ def test_another_registry_without_a_way_to_pull_is_refused_before_anything_is_pu
     r = submit_sh(worktree, registry, SDK=sdk, TRAIN_ARGS="--epochs 1")
     assert r.returncode == 1 and "is not the workspace's registry" in r.stderr
     assert ("REGISTRY_IDENTITY" if sdk == "v1" else "REGISTRY_CONNECTION") in r.stderr
-    assert r.stderr.count("\n") == 1, r.stderr  # one line, and nothing pushed
+    assert len(errors(r, sdk)) == 1, r.stderr  # one line, and nothing pushed
     assert tags(registry) == before
 
 
@@ -100,7 +132,7 @@ def test_bad_train_args_end_in_the_trainers_error_exit_2_before_anything_is_push
     before = tags(registry)
     r = submit_sh(worktree, registry, SDK=sdk, COMPUTE="local", TRAIN_ARGS="--epochs zero")
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip().splitlines() == ["error: argument --epochs: expected an integer, got 'zero' (see --help)"]
+    assert errors(r, sdk) == ["error: argument --epochs: expected an integer, got 'zero' (see --help)"]
     assert tags(registry) == before
 
 

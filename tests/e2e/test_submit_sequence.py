@@ -1,5 +1,6 @@
-"""The first-time sequence of docs/azure.md on one build, rehearsed with COMPUTE=local: `make submit`, then
-`make submit SDK=v2`, and the tutorial's part 4 (`make upload-data`, then `make submit DATA_PATH=...`).
+"""The first-time sequence of docs/azure.md on one build, rehearsed with COMPUTE=local: `make submit` (SDK v2),
+then `make submit SDK=v1` (the tutorial's SDK), and the tutorial's part 4 (`make upload-data`, then
+`make submit DATA_PATH=...`).
 The local workspace keeps its environment registry across runs and answers as Azure ML does."""
 
 import json
@@ -31,10 +32,11 @@ def registered(worktree):
     return json.loads((worktree / ".azureml" / "local-environments.json").read_text())
 
 
-def test_make_submit_then_sdk_v2_on_one_build_both_run(worktree, registry):
-    for sdk in ("v1", "v2"):
-        r, made = submit(worktree, registry, SDK=sdk, TRAIN_ARGS=FAST)
+def test_make_submit_then_sdk_v1_on_one_build_both_run(worktree, registry):
+    for sdk in ({}, {"SDK": "v1"}):  # no SDK is v2
+        r, made = submit(worktree, registry, TRAIN_ARGS=FAST, **sdk)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert ("note: SDK v1 (azureml-core) is past its end of support" in r.stderr) == bool(sdk)
         assert len(made) == 1 and "timing: push" in r.stderr and ", training " in r.stderr
         assert "timing: check " in r.stderr  # the phases before the push, timed too
     names = sorted(key.split(":")[0] for key in registered(worktree))
@@ -84,5 +86,5 @@ def test_upload_data_then_submit_with_data_path_as_the_tutorials_part_4(worktree
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (summary,) = made
     assert "day1-experiment-data" in str(summary)  # part 4's experiment, as DATA_PATH implies
-    # The named input mounted where its placeholder stood (DatasetConsumptionConfig:cifar10 in the v1 job)
+    # The named input mounted where its placeholder stood (${{inputs.cifar10}} in the default v2 job)
     assert json.loads(summary.read_text())["config"]["data_dir"] == "/mnt/azureml/data/cifar10"
