@@ -8,6 +8,8 @@ import pytest
 
 pytest.importorskip("azureml.core", reason="SDK v1 tests run in the training image")
 
+import fake_arm  # noqa: E402
+
 import aml  # noqa: E402
 import aml_v1  # noqa: E402
 import local_workspace  # noqa: E402
@@ -18,13 +20,6 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 SDK = "v1"  # conftest's `source` fixture runs submit.py with this SDK
 DIGEST = "sha256:" + "ab12" * 16
 REF = f"myws.azurecr.io/cifar10-trainer@{DIGEST}"  # as publish.sh prints it
-# ARM's shapes (Registries - Get; Compute - Get; Role Assignments - List For Scope): what prepare reads
-REGISTRY_PROPERTIES = {"loginServer": "myreg.registry.example", "adminUserEnabled": False}
-AML_COMPUTE = {
-    "computeType": "AmlCompute",
-    "properties": {"vmSize": "STANDARD_D2_V2", "vmPriority": "Dedicated", "scaleSettings": {"maxNodeCount": 4}},
-}
-ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 
 
 def dry_run(capsys, *extra):
@@ -243,17 +238,7 @@ def test_prepare_logs_in_and_asks_azureml_core_for_a_registry_audience_token(sou
     monkeypatch.setattr(ServicePrincipalAuthentication, "get_token", lambda self: Credential().get_token("arm"))
     monkeypatch.setattr(aml_v1, "connect", lambda settings, auth: "workspace")
     monkeypatch.setattr(aml_v1, "registry_id", lambda ws: "/subscriptions/0/registries/myreg")
-    registry = {"id": "/subscriptions/0/registries/myreg", "name": "myreg", "properties": REGISTRY_PROPERTIES}
-    cluster = {"identity": {"type": "SystemAssigned", "principalId": "p-1"}, "properties": AML_COMPUTE}
-    pull = [{"properties": {"roleDefinitionId": "/providers/Microsoft.Authorization/roleDefinitions/" + ACR_PULL}}]
-    arm = {registry["id"]: registry, "/computes/cpu-cluster": cluster, "/roleAssignments": {"value": pull}}
-    read = []
-
-    def arm_get(path, token, api_version, base=aml.ARM, query=""):  # the network edge: ARM's GETs
-        read.append(path.rsplit("/", 1)[-1])
-        return next(v for k, v in arm.items() if path.endswith(k))
-
-    monkeypatch.setattr(aml, "arm_get", arm_get)
+    read = fake_arm.answer(monkeypatch)
     monkeypatch.setattr(aml, "acr_refresh_token", lambda server, token: exchanged.append((server, token)) or "acr")
     assert submit.main(["prepare", "--config", str(config)]) == 0
     assert asked == ["arm", "https://containerregistry.azure.net/.default"]

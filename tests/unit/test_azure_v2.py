@@ -6,6 +6,8 @@ import pytest
 
 pytest.importorskip("azure.ai.ml", reason="SDK v2 tests run in the submit-v2 image")
 
+import fake_arm  # noqa: E402
+
 import aml  # noqa: E402
 import local_workspace  # noqa: E402
 import submit  # noqa: E402
@@ -13,13 +15,6 @@ import submit  # noqa: E402
 SDK = "v2"  # conftest's `source` fixture runs submit.py with this SDK
 DIGEST = "sha256:" + "cd34" * 16
 REF = f"myws.azurecr.io/cifar10-trainer@{DIGEST}"  # as publish.sh prints it
-# ARM's shapes (Registries - Get; Compute - Get; Role Assignments - List For Scope): what prepare reads
-REGISTRY_PROPERTIES = {"loginServer": "myreg.registry.example", "adminUserEnabled": False}
-AML_COMPUTE = {
-    "computeType": "AmlCompute",
-    "properties": {"vmSize": "STANDARD_D2_V2", "vmPriority": "Dedicated", "scaleSettings": {"maxNodeCount": 4}},
-}
-ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 
 
 def test_v2_dry_run_is_a_command_job_on_the_pinned_image(source, capsys):
@@ -124,17 +119,7 @@ def test_v2_prepare_asks_for_a_registry_audience_token(source, tmp_path, monkeyp
     config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
     monkeypatch.setattr(aml_v2, "credential", lambda mode: Credential())
     monkeypatch.setattr(aml_v2, "registry_id", lambda client: "/subscriptions/0/registries/myreg")
-    registry = {"id": "/subscriptions/0/registries/myreg", "name": "myreg", "properties": REGISTRY_PROPERTIES}
-    cluster = {"identity": {"type": "SystemAssigned", "principalId": "p-1"}, "properties": AML_COMPUTE}
-    pull = [{"properties": {"roleDefinitionId": "/providers/Microsoft.Authorization/roleDefinitions/" + ACR_PULL}}]
-    arm = {registry["id"]: registry, "/computes/cpu-cluster": cluster, "/roleAssignments": {"value": pull}}
-    read = []
-
-    def arm_get(path, token, api_version, base=aml.ARM, query=""):  # the network edge: ARM's GETs
-        read.append(path.rsplit("/", 1)[-1])
-        return next(v for k, v in arm.items() if path.endswith(k))
-
-    monkeypatch.setattr(aml, "arm_get", arm_get)
+    read = fake_arm.answer(monkeypatch)
     monkeypatch.setattr(aml, "acr_refresh_token", lambda server, token: f"acr-for-{server}-from-{token}")
     assert submit.main(["prepare", "--config", str(config)]) == 0
     assert asked == ["https://management.azure.com/.default", "https://containerregistry.azure.net/.default"]
@@ -227,7 +212,7 @@ def test_v2_the_cluster_azure_ai_ml_would_create_reads_back_as_asked_by_our_arm_
         arm = created.as_dict()
         assert arm["identity"]["type"] == "SystemAssigned" and arm["properties"]["computeType"] == "AmlCompute"
         registry = {"id": "/r/myreg", "name": "myreg", "properties": {"adminUserEnabled": False}}
-        roles = [{"properties": {"roleDefinitionId": f"/roleDefinitions/{ACR_PULL}"}}]
+        roles = [{"properties": {"roleDefinitionId": f"/roleDefinitions/{fake_arm.ACR_PULL}"}}]
         arm["identity"]["principalId"] = "p-1"  # ARM fills it in once created
         assert aml.check_cluster(job, {"registry": registry, "compute": arm, "roleAssignments": roles}) == []
         # and the SDK reads the same JSON back as the cluster it is
