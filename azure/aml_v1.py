@@ -8,17 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from aml import (
-    ARM_SCOPE,
-    INTERPRETER,
-    SCRIPT,
-    SP_VARS,
-    SubmitError,
-    definition_of,
-    environment_name,
-    environment_version,
-    login_mode,
-)
+import aml
 
 SDK = "v1"
 
@@ -29,17 +19,17 @@ def build_environment(intent):
     from azureml.core import Environment
     from azureml.core.container_registry import RegistryIdentity
 
-    env = Environment.from_docker_image(environment_name(SDK), intent.image)
+    env = Environment.from_docker_image(aml.environment_name(SDK), intent.image)
     env.python.user_managed_dependencies = True
     env.python.conda_dependencies = None
-    env.python.interpreter_path = INTERPRETER
+    env.python.interpreter_path = aml.INTERPRETER
     env.environment_variables.clear()  # Environment()'s EXAMPLE_ENV_VAR; the setter is deprecated
     if intent.registry:
         identity = RegistryIdentity()
         identity.resource_id, identity.client_id = intent.registry_identity
         env.docker.base_image_registry.address = intent.registry
         env.docker.base_image_registry.registry_identity = identity
-    env.version = environment_version(definition_of(Environment._serialize_to_dict(env)))  # last: all of it
+    env.version = aml.environment_version(aml.definition_of(Environment._serialize_to_dict(env)))  # last: all of it
     return env
 
 
@@ -90,7 +80,7 @@ def build_job(intent, ws=None):
             args += [mount.flag, named_input(mount, ws), *mount.then]
     src = ScriptRunConfig(
         source_directory=intent.source_dir,
-        script=SCRIPT,
+        script=aml.SCRIPT,
         arguments=args,
         compute_target=intent.compute,
         environment=build_environment(intent),
@@ -175,9 +165,9 @@ def credential(mode):
         ServicePrincipalAuthentication,
     )
 
-    mode = login_mode(mode, Path.home() / ".azure" / "azureProfile.json")
+    mode = aml.login_mode(mode, Path.home() / ".azure" / "azureProfile.json")
     if mode == "sp":
-        return ServicePrincipalAuthentication(*(os.environ[v] for v in SP_VARS))
+        return ServicePrincipalAuthentication(*(os.environ[v] for v in aml.SP_VARS))
     if mode == "msi":
         return MsiAuthentication()
     # Without a browser (in a container) azureml-core falls back to a device code; the token
@@ -192,14 +182,14 @@ def token(auth, scope):  # network
     An InteractiveLoginAuthentication that finds an ambient login (AZUREML_SERVICE_PRINCIPAL_* variables,
     a managed identity, a run token) hands every call to it, and its _get_resource_token raises
     NotImplementedError when that login has none (azureml/core/authentication.py): ask the ambient one."""
-    if scope == ARM_SCOPE:
+    if scope == aml.ARM_SCOPE:
         return auth.get_token().token
     auth = getattr(auth, "_ambient_auth", None) or auth
     if hasattr(auth, "_get_sp_credential_object"):  # ServicePrincipalAuthentication: azure-identity inside
         return auth._get_sp_credential_object().get_token(scope).token
     if hasattr(auth, "_get_resource_token"):  # interactive, msi
         return auth._get_resource_token(scope.removesuffix("/.default"))
-    raise SubmitError(f"a {type(auth).__name__} login gives no token for {scope}: use AUTH=sp or AUTH=interactive")
+    raise aml.SubmitError(f"a {type(auth).__name__} login gives no token for {scope}: use AUTH=sp or AUTH=interactive")
 
 
 def connect(settings, auth):  # network

@@ -11,17 +11,7 @@ import os
 import shlex
 from pathlib import Path
 
-from aml import (
-    ARM_SCOPE,
-    INTERPRETER,
-    SCRIPT,
-    SP_VARS,
-    SubmitError,
-    definition_of,
-    environment_name,
-    environment_version,
-    login_mode,
-)
+import aml
 
 SDK = "v2"
 
@@ -41,7 +31,7 @@ def build_job(intent, ws=None):
     # azure-ai-ml's own schema classes say "This is an experimental class" six times at every submit,
     # though this job uses none of them (azure/ai/ml/_utils/_experimental.py logs them).
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
-    words, inputs, outputs = [INTERPRETER, SCRIPT, *map(shlex.quote, intent.trainer_args)], {}, {}
+    words, inputs, outputs = [aml.INTERPRETER, aml.SCRIPT, *map(shlex.quote, intent.trainer_args)], {}, {}
     for mount in intent.mounts:
         if mount.writable:
             outputs[mount.name] = Output(type="uri_folder", path=datastore_uri(mount), mode="rw_mount")
@@ -49,8 +39,8 @@ def build_job(intent, ws=None):
         else:
             inputs[mount.name] = Input(type="uri_folder", path=datastore_uri(mount), mode="ro_mount")
             words += [mount.flag, f"${{{{inputs.{mount.name}}}}}", *mount.then]
-    environment = Environment(name=environment_name(SDK), image=intent.image)
-    environment.version = environment_version(definition_of(environment._to_dict()))
+    environment = Environment(name=aml.environment_name(SDK), image=intent.image)
+    environment.version = aml.environment_version(aml.definition_of(environment._to_dict()))
     return command(
         code=intent.source_dir,
         command=" ".join(words),
@@ -96,9 +86,9 @@ def credential(mode):
     )
 
     record = Path.home() / ".azure" / "azure-ai-ml-account.json"  # ~/.azure is mounted from the host
-    mode = login_mode(mode, record)
+    mode = aml.login_mode(mode, record)
     if mode == "sp":
-        return ClientSecretCredential(*(os.environ[v] for v in SP_VARS))
+        return ClientSecretCredential(*(os.environ[v] for v in aml.SP_VARS))
     if mode == "msi":
         return ManagedIdentityCredential()
     cred = DeviceCodeCredential(
@@ -107,7 +97,7 @@ def credential(mode):
         cache_persistence_options=TokenCachePersistenceOptions(name="cifar10-trainer", allow_unencrypted_storage=True),
     )
     if not record.is_file():
-        record.write_text(cred.authenticate(scopes=[ARM_SCOPE]).serialize())
+        record.write_text(cred.authenticate(scopes=[aml.ARM_SCOPE]).serialize())
     return cred
 
 
@@ -136,7 +126,7 @@ def check_registry(client, intent):  # network
         connection = None
     target = (getattr(connection, "target", "") or "").removeprefix("https://").rstrip("/")
     if getattr(connection, "type", None) != "container_registry" or target != intent.registry:
-        raise SubmitError(
+        raise aml.SubmitError(
             f"the workspace has no container_registry connection {intent.registry_connection!r} for "
             f"{intent.registry}: create it (`az ml connection create`, docs/azure.md) or unset REGISTRY"
         )
@@ -182,7 +172,7 @@ def attach_registry(client, registry_id, replace=False):  # network
     if before and before.lower() == registry_id.lower():
         return before
     if before and not replace:
-        raise SubmitError(
+        raise aml.SubmitError(
             f"the workspace already has registry {before}: replacing it may break the lineage of earlier jobs "
             f"(azure-ai-ml's warning); set ATTACH_REPLACE=1 to replace it with {registry_id}"
         )

@@ -125,17 +125,11 @@ SETTINGS = {
     "PROCS_PER_NODE": (count, "processes (ranks) per node"),
     "DATASTORE": (datastore_name, "datastore of DATA_PATH and CHECKPOINT_PATH"),
     "DATA_PATH": (folder_on_datastore, "datastore folder with CIFAR-10: the job's named input, mounted as --data-dir"),
-    "CHECKPOINT_PATH": (
-        folder_on_datastore,
-        "datastore folder for checkpoints (survives preemption); the run resumes from it",
-    ),
+    "CHECKPOINT_PATH": (folder_on_datastore, "datastore folder for checkpoints: a preempted run resumes from it"),
     "REGISTRY": (registry_host, "push to this registry, not the workspace's (needs one of the two below)"),
     "REGISTRY_IDENTITY": (identity_id, "v1: resource id of the user-assigned identity that pulls from REGISTRY"),
     "REGISTRY_IDENTITY_CLIENT_ID": (guid, "v1: its client id"),
-    "REGISTRY_CONNECTION": (
-        connection_name,
-        "v2: the workspace connection (container_registry) that pulls from REGISTRY",
-    ),
+    "REGISTRY_CONNECTION": (connection_name, "v2: the workspace connection (container_registry) pulling from it"),
     "AUTH": (
         auth_mode,
         "auto: service principal if AZURE_CLIENT_ID/SECRET are set, else device code; sp, msi, interactive",
