@@ -52,7 +52,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build build-submit-v2 build-mlflow build-browser registry ui train train-ddp train-2node dirs submit upload-data attach-registry test test-unit test-e2e lint lock bench bench-ddp compare clean
+.PHONY: help build build-submit-v2 build-mlflow build-browser registry ui train train-ddp train-2node dirs submit upload-data attach-registry test test-unit test-e2e lint lock bench bench-ddp compare fetch clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -90,6 +90,10 @@ submit: build $(if $(filter v1,$(SDK)),,build-submit-v2) $(if $(filter local,$(C
 upload-data: build $(if $(filter v1,$(SDK)),,build-submit-v2) ## ./data to the default datastore at DATA_PATH (tutorial part 4; COMPUTE=local: LOCAL_DATASTORE)
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	bash azure/submit.sh upload-data
+
+fetch: $(if $(JOB),$(if $(filter local,$(COMPUTE)),,$(if $(filter v1,$(SDK)),build,build-submit-v2))) ## a finished job's ./outputs into OUTPUTS_DIR/JOB/, for make compare: make fetch JOB=NAME (SDK=v1, COMPUTE=local, REPLACE=1)
+	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
+	python3 azure/fetch.py $(JOB)
 
 attach-registry: build-submit-v2 ## create (ACR=NAME) and attach the workspace's container registry, or attach ACR=ID (DRY_RUN=1)
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}

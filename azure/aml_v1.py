@@ -1,6 +1,6 @@
 """SDK v1 adapter (azureml-core): an Intent as a ScriptRunConfig, and its submission.
 
-Same functions as aml_v2.py: credential, connect, registry_id, token, build_job, describe,
+Same functions as aml_v2.py: credential, connect, registry_id, token, build_job, describe, download_outputs,
 check_registry, compute, upload, submit. azureml is imported inside them: importing this module costs nothing.
 """
 
@@ -234,3 +234,23 @@ def submit(ws, job, intent, wait):  # network
     if wait:
         run.wait_for_completion(show_output=True)
     return run
+
+
+def download_outputs(ws, name, folder):  # network
+    """The run's ./outputs files, flat, in folder. Run.get(ws, run id) needs no experiment name (a run with
+    DATA_PATH is in another experiment); download_files(prefix="outputs", append_prefix=False) lists the
+    artifacts under ExperimentRun/dcid.<run id>/outputs/ and writes each without that prefix
+    (azureml/core/run.py, Run.download_files; azureml/_restclient/artifacts_client.py, download_artifacts_from_prefix).
+    "outputs", not "outputs/": the client adds the slash, and would list outputs// after one given."""
+    from azureml._restclient.exceptions import ServiceException
+    from azureml.core import Run
+
+    try:
+        run = Run.get(ws, name)
+    except ServiceException as e:
+        if e.status_code != 404:
+            raise
+        raise aml.SubmitError(f"no run {name} in workspace {ws.name}: JOB is the run id make submit printed") from None
+    if run.status not in ("Completed", "Failed", "Canceled"):
+        raise aml.SubmitError(f"job {name} is {run.status}: fetch it once it has finished")
+    run.download_files(prefix="outputs", output_directory=str(folder), append_prefix=False)

@@ -1,6 +1,6 @@
 """SDK v2 adapter (azure-ai-ml): an Intent as a command job, and its submission.
 
-Same functions as aml_v1.py: credential, connect, registry_id, token, build_job, describe,
+Same functions as aml_v1.py: credential, connect, registry_id, token, build_job, describe, download_outputs,
 check_registry, compute, upload, submit. Runs in the submit-v2 image only: Microsoft advises against azure-ai-ml beside
 azureml-core. azureml-core (v1) passed its end of support on 2026-06-30; v1 stays the default
 as the project was specified, and `make submit SDK=v2` sends the same image, code and arguments.
@@ -9,6 +9,7 @@ as the project was specified, and `make submit SDK=v2` sends the same image, cod
 import logging
 import os
 import shlex
+import shutil
 from pathlib import Path
 
 import aml
@@ -183,3 +184,26 @@ def attach_registry(client, registry_id, replace=False):  # network
 
 def workspace_location(client):  # network
     return client.workspaces.get(client.workspace_name).location
+
+
+def download_outputs(client, name, folder):  # network
+    """The job's ./outputs files, flat, in folder. With no output_name, jobs.download fetches the job's default
+    artifact store (azureml://datastores/workspaceartifactstore/paths/ExperimentRun/dcid.NAME/: ./outputs and
+    the logs) into DOWNLOAD_PATH/artifacts, after refusing a job not yet in a terminal state (JobException);
+    azure-ai-ml's operations/_job_operations.py, JobOperations.download. ./outputs is artifacts/outputs/."""
+    from azure.ai.ml.exceptions import JobException
+    from azure.core.exceptions import ResourceNotFoundError
+
+    download = Path(folder) / ".download"
+    try:
+        client.jobs.download(name, download_path=download)
+    except ResourceNotFoundError:
+        raise aml.SubmitError(
+            f"no job {name} in workspace {client.workspace_name}: JOB is the name make submit printed"
+        ) from None
+    except JobException as e:
+        raise aml.SubmitError(f"job {name}: {e.message} Fetch it once it has finished.") from None
+    outputs = download / "artifacts" / "outputs"
+    for path in outputs.iterdir() if outputs.is_dir() else ():
+        path.rename(Path(folder) / path.name)
+    shutil.rmtree(download)

@@ -5,6 +5,7 @@
     submit.py check-source                     # refuse if ./src differs from the image's code
     submit.py upload-data [--dry-run]          # ./data to the default datastore at DATA_PATH (the tutorial's part 4)
     submit.py attach-registry [--acr NAME|ID] [--dry-run]   # create and attach the workspace's registry (v2)
+    submit.py fetch --job NAME [--replace]     # a finished job's ./outputs into outputs/NAME/ (azure/fetch.py)
 
 The job's settings are make's variables (SETTINGS: the one place they are read), or the same-named flags;
 what is unset keeps the Intent's default (aml.py). Runs inside a container of the training image (SDK v1)
@@ -24,10 +25,13 @@ import sys
 import urllib.error
 from pathlib import Path
 
+import fetch
+
 import aml
 
 SOURCE = Path("src")  # the mounted work tree's src/, what Azure ML would upload
 DATA = Path("data")  # the mounted ./data that `make upload-data` sends
+OUTPUTS = Path("outputs")  # OUTPUTS_DIR, mounted writable by `make fetch` (azure/fetch.py)
 IMAGE_DIGEST_FILE = Path("/app/src.sha256")  # written into the image at build time
 CONFIG = Path(".azureml/config.json")
 SDK = os.environ.get("AML_SDK", "v1")  # the submit-v2 image sets v2
@@ -148,7 +152,8 @@ def parse_args(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, trainer = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     p = Parser(description=__doc__.split("\n")[0], epilog="-- TRAINER FLAGS: flags for train.py (else TRAIN_ARGS)")
-    p.add_argument("command", choices=("prepare", "run", "check-source", "upload-data", "attach-registry"))
+    p.add_argument("command", choices=("prepare", "run", "check-source", "upload-data", "attach-registry", "fetch"))
+    p.add_argument("--job", default="", help="fetch: the job's name, as make submit printed it")
     p.add_argument("--image", help="REPO:TAG@sha256:DIGEST, as pushed (run)")
     p.add_argument("--dry-run", action="store_true", help="print what would be sent; no network, no credentials")
     p.add_argument("--config", default=str(CONFIG), help="workspace config.json (or AZUREML_* variables)")
@@ -159,7 +164,7 @@ def parse_args(argv):
         "--replace",
         action="store_true",
         default=flag_env("ATTACH_REPLACE"),
-        help="attach-registry: replace the workspace's registry",
+        help="attach-registry: replace the workspace's registry; fetch: replace outputs/JOB/",
     )
     p.add_argument(
         "--azure-resources",
@@ -406,10 +411,20 @@ def upload_data(adapter, args):
     return 0
 
 
+def fetch_outputs(adapter, args):
+    """`make fetch JOB=NAME`: the job's ./outputs files, flat, in outputs/NAME/ (azure/fetch.py mounts it)."""
+    dest = fetch.destination(OUTPUTS, args.job, args.replace)
+    with contextlib.redirect_stdout(sys.stderr):  # the SDKs' sign-in prompts and download progress
+        ws = adapter.connect(aml.workspace_settings(args.config), adapter.credential(args.auth or "auto"))
+        fetch.fetched(dest, lambda folder: adapter.download_outputs(ws, args.job, folder), f"job {args.job}")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     adapter = importlib.import_module({"v1": "aml_v1", "v2": "aml_v2"}[SDK])
     commands = {"prepare": prepare, "run": run, "upload-data": upload_data, "attach-registry": attach_registry}
+    commands["fetch"] = fetch_outputs
     try:
         if args.command == "check-source":
             print(f"src/ matches the image's code ({check_source()[:12]})")
