@@ -12,17 +12,24 @@ one container per node (all of its ranks inside, one hostname) on one docker net
 with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK. When the job ends, node
 0's ./outputs is copied out, as Azure ML uploads it.
 
-How Azure ML starts a custom image is not documented (docs/runtime.md), so each plausible way is a setting:
-  LOCAL_START=entrypoint (default): the image's entrypoint gets the command; bypass: the interpreter is
-    the entrypoint (LOCAL_ENTRYPOINT=bypass, the older name, still works); exec: the container starts
-    with no command (the entrypoint idles) and each rank is `docker exec`ed into it.
-  LOCAL_USER=image (default: no --user, so root, and the entrypoint drops to the owner of ./outputs);
-    root (--user 0:0); a uid such as 9000 (--user 9000:9000, as Azure ML's Singularity compute runs jobs).
-  LOCAL_OUTPUTS=host (default for LOCAL_USER=image): ./outputs and the working directory belong to
-    OUTPUTS_DIR's owner, as compose mounts a laptop's folders; job (default otherwise): the working
-    directory is root's and ./outputs the job user's, as a platform would make them; absent: the
-    working directory is root's and there is no ./outputs (the trainer creates it, or says in one
-    line why it cannot).
+By default the job starts as Azure ML's Common Runtime starts it (docs/runtime.md, "How Azure ML may start it"):
+a stand-in execution-wrapper (azure/execution-wrapper.sh, not python, not the image's ENTRYPOINT) is PID 1 at
+/mnt/azureml/cr/j/<run id>/cap/lifecycler/wd/execution-wrapper and starts the command as root in
+/mnt/azureml/cr/j/<run id>/exe/wd, a root-owned folder whose ./outputs the platform made. Other ways, as settings:
+  LOCAL_START=wrapper (default); entrypoint: the image's entrypoint gets the command; bypass: the interpreter
+    is the entrypoint; exec: the container starts with no command (the entrypoint idles) and each rank is
+    `docker exec`ed into it.
+  LOCAL_USER=root (default, --user 0:0); image (no --user: root, and the entrypoint drops to the owner of
+    ./outputs); a uid such as 9000 (--user 9000:9000, as Azure ML's Singularity compute runs jobs).
+  LOCAL_OUTPUTS=job (default; host with LOCAL_USER=image): the working directory is root's and ./outputs the
+    job user's, as a platform makes them; host: both belong to OUTPUTS_DIR's owner, as compose mounts a
+    laptop's folders; absent: the working directory is root's and there is no ./outputs (the trainer creates
+    it, or says in one line why it cannot).
+  LOCAL_SIGTERM=kill (default) or forward, LOCAL_GRACE=30 (seconds): what the wrapper does with a SIGTERM
+    (`docker kill --signal TERM` on a node's container: a preemption): pass it on to the job or not; a job
+    still running LOCAL_GRACE seconds later is SIGKILLed (30: Kubernetes' default grace period).
+  LOCAL_RUN_ID: start the run of that id again, as a preempted job restarts with its run id (the trainer
+    resumes from CHECKPOINT_PATH); its ./outputs lands over the first start's.
 Also: LOCAL_DATASTORE (default .): the host folder that stands for the datastores, so DATA_PATH=data
 mounts ./data; OUTPUTS_DIR (default ./outputs): the run's ./outputs lands in OUTPUTS_DIR/local-<run id>/,
 owned by OUTPUTS_DIR's owner, like a downloaded run. The trackers' services are a local stand-in
@@ -48,7 +55,7 @@ import standin
 
 import local_workspace
 
-WD = "/mnt/azureml/wd"  # the job's working directory in the container
+WRAPPER = Path(__file__).with_name("execution-wrapper.sh")
 DATA = "/mnt/azureml/data"  # where datastore folders are mounted
 MASTER_PORT = "29500"  # not documented for Azure ML; torch's default
 # Set by Azure ML for every run; azureml-core's Run.get_context() reads them (azureml/core/run.py,
@@ -153,20 +160,45 @@ def rank_variables(job, rank, master):
     }
 
 
+def workdir(run_id):
+    """The job's working directory in the container, as Common Runtime names it on AmlCompute."""
+    return f"/mnt/azureml/cr/j/{run_id}/exe/wd"
+
+
+def wrapper_path(run_id):
+    return f"/mnt/azureml/cr/j/{run_id}/cap/lifecycler/wd/execution-wrapper"
+
+
 def settings():
-    """LOCAL_START, LOCAL_USER and LOCAL_OUTPUTS (see the module's docstring), checked once."""
-    older = "bypass" if os.environ.get("LOCAL_ENTRYPOINT") == "bypass" else "entrypoint"
-    start = os.environ.get("LOCAL_START") or older
-    user = os.environ.get("LOCAL_USER") or "image"
-    outputs = os.environ.get("LOCAL_OUTPUTS") or ("host" if user == "image" else "job")
-    if start not in ("entrypoint", "bypass", "exec"):
-        raise LocalRunError(f"LOCAL_START={start}: use entrypoint (the default), bypass or exec")
+    """The LOCAL_ settings of the module's docstring, checked once."""
+    env = os.environ.get
+    start, user, sigterm, grace = (
+        env("LOCAL_START") or "wrapper",
+        env("LOCAL_USER") or "root",
+        env("LOCAL_SIGTERM") or "kill",
+        env("LOCAL_GRACE") or "30",
+    )
+    outputs = env("LOCAL_OUTPUTS") or ("host" if user == "image" else "job")
+    if start not in ("wrapper", "entrypoint", "bypass", "exec"):
+        raise LocalRunError(f"LOCAL_START={start}: use wrapper (the default), entrypoint, bypass or exec")
     if user not in ("image", "root") and not user.isdigit():
-        raise LocalRunError(f"LOCAL_USER={user}: use image (the default), root, or a numeric uid such as 9000")
+        raise LocalRunError(f"LOCAL_USER={user}: use root (the default), image, or a numeric uid such as 9000")
     if outputs not in ("host", "job", "absent"):
-        raise LocalRunError(f"LOCAL_OUTPUTS={outputs}: use host, job or absent")
+        raise LocalRunError(f"LOCAL_OUTPUTS={outputs}: use job, host or absent")
+    if sigterm not in ("kill", "forward"):
+        raise LocalRunError(f"LOCAL_SIGTERM={sigterm}: use kill (the default) or forward")
+    if not grace.isdigit():
+        raise LocalRunError(f"LOCAL_GRACE={grace}: use a whole number of seconds, such as 30")
     uid = None if user == "image" else 0 if user == "root" else int(user)
-    return {"start": start, "user": user, "outputs": outputs, "uid": uid}
+    return {"start": start, "user": user, "outputs": outputs, "sigterm": sigterm, "grace": grace, "uid": uid}
+
+
+def run_id_for(experiment):
+    """A new run's id, or LOCAL_RUN_ID's (a restart); it names containers and folders, so it is checked."""
+    run_id = os.environ.get("LOCAL_RUN_ID") or f"{experiment}_{int(time.time())}_{secrets.token_hex(4)}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}", run_id):
+        raise LocalRunError(f"LOCAL_RUN_ID={run_id}: use letters, digits, _ and - (a run id the rehearsal printed)")
+    return run_id
 
 
 def owners(setting, host):
@@ -177,21 +209,28 @@ def owners(setting, host):
     return (0, 0), job_user if setting["outputs"] == "job" else None
 
 
-def staging(snapshot, wd_owner, outputs_owner):
-    """A tar of azureml/wd/ (the snapshot, and ./outputs unless absent) for `docker cp -`, which keeps
-    the owners written here: nothing is chowned on the host, so no root is needed there."""
+def staging(snapshot, run_id, wd_owner, outputs_owner):
+    """A tar for `docker cp - NAME:/mnt`: the execution wrapper, root's, and the working directory (the
+    snapshot, and ./outputs unless absent). `docker cp` keeps the owners written here: nothing is chowned
+    on the host, so no root is needed there."""
     source, buf = Path(snapshot["source_directory"]), BytesIO()
+    wd, wrapper = workdir(run_id).removeprefix("/mnt/"), wrapper_path(run_id).removeprefix("/mnt/")
     folders = sorted({str(d) for rel in snapshot["paths"] for d in Path(rel).parents} - {"."})
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.addfile(folder("azureml", (0, 0)))
-        tar.addfile(folder("azureml/wd", wd_owner))
+        for name in [*reversed(PurePosixPath(wrapper).parents[:-1]), PurePosixPath(wd).parent]:
+            tar.addfile(folder(str(name), (0, 0)))
+        with WRAPPER.open("rb") as f:
+            info = owned(tar.gettarinfo(WRAPPER, wrapper), (0, 0))
+            info.mode = 0o755  # whatever the checkout kept of its mode
+            tar.addfile(info, f)
+        tar.addfile(folder(wd, wd_owner))
         for name in folders:
-            tar.addfile(folder(f"azureml/wd/{name}", wd_owner))
+            tar.addfile(folder(f"{wd}/{name}", wd_owner))
         for rel in snapshot["paths"]:
             with open(source / rel, "rb") as f:
-                tar.addfile(owned(tar.gettarinfo(source / rel, f"azureml/wd/{rel}"), wd_owner), f)
+                tar.addfile(owned(tar.gettarinfo(source / rel, f"{wd}/{rel}"), wd_owner), f)
         if outputs_owner:
-            tar.addfile(folder("azureml/wd/outputs", outputs_owner))
+            tar.addfile(folder(f"{wd}/outputs", outputs_owner))
     return buf.getvalue()
 
 
@@ -229,11 +268,13 @@ def node_env(job, plan, run_id, node, master):
     return env
 
 
-def create_node(job, setting, name, env, volumes, network, command):
+def create_node(job, setting, run_id, name, env, volumes, network, command):
     """`docker create` of one node's container, as LOCAL_USER, with what LOCAL_START gives it to run."""
+    wd = workdir(run_id)
     # The working directory is a volume of its own: a mount, as Azure ML's is (the trainer warns about
     # outputs written into the container's own file system), removed with the container.
-    docker = ["docker", "create", "--name", name, "--shm-size", job["shm_size"], "-w", WD, "-v", WD, *volumes]
+    docker = ["docker", "create", "--name", name, "--shm-size", job["shm_size"], "-v", wd, *volumes]
+    docker += ["-w", str(PurePosixPath(wrapper_path(run_id)).parent) if setting["start"] == "wrapper" else wd]
     docker += [a for k, v in env.items() for a in ("-e", f"{k}={v}")] + job["docker_args"]
     docker += ["--network", network] if network else []
     docker += ["--user", f"{setting['uid']}:{setting['uid']}"] if setting["uid"] is not None else []
@@ -242,6 +283,9 @@ def create_node(job, setting, name, env, volumes, network, command):
         command = ["sh", "-c", LAUNCHER, "launcher", str(per_node), *command]
     if setting["start"] == "exec":  # no command: with the run's variables set, the entrypoint idles
         docker += [job["image"]]
+    elif setting["start"] == "wrapper":  # the wrapper changes into the working directory itself
+        wrapper = [setting["sigterm"], setting["grace"], wd]
+        docker += ["--entrypoint", wrapper_path(run_id), job["image"], *wrapper, *command]
     elif setting["start"] == "bypass":
         docker += ["--entrypoint", command[0], job["image"], *command[1:]]
     else:
@@ -249,9 +293,9 @@ def create_node(job, setting, name, env, volumes, network, command):
     subprocess.run(docker, check=True, stdout=subprocess.DEVNULL)
 
 
-def exec_rank(setting, name, rank, per_node, command):
+def exec_rank(setting, wd, name, rank, per_node, command):
     """`docker exec` of one rank into its node's idle container (LOCAL_START=exec)."""
-    docker = ["docker", "exec", "-w", WD, "-e", f"RANK={rank}", "-e", f"LOCAL_RANK={rank % per_node}"]
+    docker = ["docker", "exec", "-w", wd, "-e", f"RANK={rank}", "-e", f"LOCAL_RANK={rank % per_node}"]
     docker += ["-u", f"{setting['uid']}:{setting['uid']}"] if setting["uid"] is not None else []
     return docker + [name, *command]
 
@@ -260,7 +304,7 @@ def popen(argv):
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def start_nodes(job, setting, names, command):
+def start_nodes(job, setting, run_id, names, command):
     """Start each node's container; [(process, prefix)] for each output stream to follow."""
     per_node = job["processes"] // job["nodes"]
     streams = []
@@ -271,7 +315,10 @@ def start_nodes(job, setting, names, command):
         subprocess.run(["docker", "start", name], check=True, stdout=subprocess.DEVNULL)
         for rank in range(node * per_node, (node + 1) * per_node):
             streams.append(
-                (popen(exec_rank(setting, name, rank, per_node, command)), f"[rank {rank}] " if rank else "")
+                (
+                    popen(exec_rank(setting, workdir(run_id), name, rank, per_node, command)),
+                    f"[rank {rank}] " if rank else "",
+                )
             )
     return streams
 
@@ -298,12 +345,13 @@ def follow(streams):
     return codes, first[0].get("t")
 
 
-def collect(name, dest, owner):
-    """Azure ML uploads ./outputs when the job ends: copy node 0's into dest, owned by `owner` as a
-    downloaded run would be. Returns the uids that wrote its files (who the trainer ran as)."""
-    dest.mkdir(parents=True)
+def collect(name, wd, dest, owner):
+    """Azure ML uploads ./outputs when the job ends: copy node 0's into dest (over what an earlier start of
+    the run left there), owned by `owner` as a downloaded run would be. Returns the uids that wrote its files
+    (who the trainer ran as)."""
+    dest.mkdir(parents=True, exist_ok=True)
     cp = subprocess.Popen(
-        ["docker", "cp", f"{name}:{WD}/outputs", "-"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        ["docker", "cp", f"{name}:{wd}/outputs", "-"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     writers = set()
     try:
@@ -348,15 +396,15 @@ def run_nodes(plan, job, setting, run_id, volumes, command, outputs):
         if network:
             subprocess.run(["docker", "network", "create", network], check=True, stdout=subprocess.DEVNULL)
         tracker, tracking = standin.start(plan["sdk"], run_id, job["experiment"], network)
-        wd = staging(plan["snapshot"], *owners(setting, host))
+        wd = staging(plan["snapshot"], run_id, *owners(setting, host))
         for node, name in enumerate(names):
             env = {**node_env(job, plan, run_id, node, names[0]), **tracking}
-            create_node(job, setting, name, env, volumes, network, command)
+            create_node(job, setting, run_id, name, env, volumes, network, command)
             # A tar on stdin keeps its owners (no --archive: that would chown all to the container's --user)
             subprocess.run(["docker", "cp", "-", f"{name}:/mnt"], input=wd, check=True)
-        codes, began = follow(start_nodes(job, setting, names, command))
+        codes, began = follow(start_nodes(job, setting, run_id, names, command))
         end = time.monotonic()
-        writers = collect(names[0], outputs, host)
+        writers = collect(names[0], workdir(run_id), outputs, host)
     finally:
         subprocess.run(["docker", "rm", "-fv", *names], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if tracker:  # what the tracker's service received, beside what the job wrote (docs/runtime.md)
@@ -375,12 +423,12 @@ def main(argv=None):
     setting = settings()
     plan = json.loads(Path(plan_file).read_text())
     job = (job_v2 if plan["sdk"] == "v2" else job_v1)(plan)
-    run_id = f"{job['experiment']}_{int(time.time())}_{secrets.token_hex(4)}"
+    run_id = run_id_for(job["experiment"])
     outputs = Path(os.environ.get("OUTPUTS_DIR", "outputs")) / f"local-{run_id}"
     volumes, command = mounts(job, Path(os.environ.get("LOCAL_DATASTORE", ".")))
     print(f"run {run_id}: {shlex.join(command)}", file=sys.stderr)
     print(
-        "rehearsing: " + " ".join(f"LOCAL_{k.upper()}={setting[k]}" for k in ("start", "user", "outputs")),
+        "rehearsing: " + " ".join(f"LOCAL_{k.upper()}={setting[k]}" for k in ("start", "user", "outputs", "sigterm")),
         file=sys.stderr,
     )
     code, pull, start, training, writers = run_nodes(plan, job, setting, run_id, volumes, command, outputs)

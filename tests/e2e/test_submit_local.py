@@ -1,6 +1,7 @@
 """`make submit COMPUTE=local`: the very job the dry run prints, run with Docker the way AmlCompute
-runs it, the image pulled by digest from a registry on 127.0.0.1. How Azure ML starts a custom image
-is not documented (docs/runtime.md), so the rehearsal runs it every plausible way: SDK v1 and v2, one
+runs it, the image pulled by digest from a registry on 127.0.0.1. By default as Common Runtime starts it
+(docs/runtime.md): an execution wrapper as PID 1 starts the job as root in a root-owned working directory,
+and is preempted with SIGTERM, forwarded or not. The other plausible ways are run too: SDK v1 and v2, one
 node and two, one rank per node and two (in one container), as the image's user, as root and as uid
 9000, through the entrypoint, with the entrypoint bypassed and `docker exec`ed into an idle container,
 with ./outputs made for the host user, for the job's user, or not at all."""
@@ -157,7 +158,8 @@ def test_the_rehearsals_settings_are_checked_before_anything_starts(worktree):
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 1 and r.stderr == "error: LOCAL_START=attach: use entrypoint (the default), bypass or exec\n"
+    assert r.returncode == 1
+    assert r.stderr == "error: LOCAL_START=attach: use wrapper (the default), entrypoint, bypass or exec\n"
 
 
 # Test harness only: torchvision checks the real CIFAR-10's md5s; the fixture's own are expected instead.
@@ -204,12 +206,12 @@ def test_a_folder_with_only_the_archive_is_read_and_nothing_is_written_back(work
     variables = (
         plan["runConfiguration"]["environmentVariables"] if sdk == "v1" else plan["job"]["environment_variables"]
     )
-    variables["PYTHONPATH"] = "/mnt/azureml/wd"
+    variables["PYTHONPATH"] = f"/mnt/azureml/cr/j/archive-only-{sdk}/exe/wd"
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     r = subprocess.run(
         ["python3", "azure/local_run.py", str(tmp_path / "plan.json")],
         cwd=worktree,
-        env=environment(worktree, registry),
+        env=environment(worktree, registry, LOCAL_RUN_ID=f"archive-only-{sdk}"),
         capture_output=True,
         text=True,
         timeout=600,
@@ -255,7 +257,12 @@ def test_compute_local_without_a_registry_is_one_clear_error_before_any_push(wor
 @pytest.mark.parametrize(
     "env,wd_owner,outputs_owner",
     [
-        ({}, (4242, 4343), (4242, 4343)),  # a laptop's folders: the entrypoint drops to their owner
+        ({}, (0, 0), (0, 0)),  # as Common Runtime: root's, ./outputs made by the platform
+        (
+            {"LOCAL_USER": "image"},
+            (4242, 4343),
+            (4242, 4343),
+        ),  # a laptop's folders: the entrypoint drops to their owner
         ({"LOCAL_USER": "root"}, (0, 0), (0, 0)),
         ({"LOCAL_USER": "9000"}, (0, 0), (9000, 9000)),  # uid 9000 over a root-owned working directory
         ({"LOCAL_USER": "9000", "LOCAL_OUTPUTS": "absent"}, (0, 0), None),
@@ -265,17 +272,20 @@ def test_compute_local_without_a_registry_is_one_clear_error_before_any_push(wor
 def test_the_working_directory_is_owned_as_the_settings_say(monkeypatch, env, wd_owner, outputs_owner):
     import local_run
 
-    for name in ("LOCAL_START", "LOCAL_ENTRYPOINT", "LOCAL_USER", "LOCAL_OUTPUTS"):
+    for name in ("LOCAL_START", "LOCAL_USER", "LOCAL_OUTPUTS"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     snapshot = {"source_directory": str(ROOT / "src"), "paths": ["train.py"]}
-    with tarfile.open(
-        fileobj=io.BytesIO(local_run.staging(snapshot, *local_run.owners(local_run.settings(), (4242, 4343))))
-    ) as tar:
+    owners = local_run.owners(local_run.settings(), (4242, 4343))
+    with tarfile.open(fileobj=io.BytesIO(local_run.staging(snapshot, "run-1", *owners))) as tar:
         owners = {m.name: (m.uid, m.gid) for m in tar.getmembers()}
-    expected = {"azureml": (0, 0), "azureml/wd": wd_owner, "azureml/wd/train.py": wd_owner}
-    assert owners == expected | ({"azureml/wd/outputs": outputs_owner} if outputs_owner else {})
+        wrapper = tar.getmember("azureml/cr/j/run-1/cap/lifecycler/wd/execution-wrapper")
+    wd = "azureml/cr/j/run-1/exe/wd"
+    expected = {wd: wd_owner, f"{wd}/train.py": wd_owner} | ({f"{wd}/outputs": outputs_owner} if outputs_owner else {})
+    assert {k: v for k, v in owners.items() if k.startswith(wd)} == expected
+    # Everything above the working directory is the platform's, the wrapper too (executable, not writable)
+    assert {v for k, v in owners.items() if not k.startswith(wd)} == {(0, 0)} and wrapper.mode == 0o755
 
 
 def test_a_nodes_launcher_starts_each_rank_and_fails_when_one_fails():
@@ -290,3 +300,95 @@ def test_a_nodes_launcher_starts_each_rank_and_fails_when_one_fails():
     r = launch('echo "$RANK/$LOCAL_RANK"', "1")
     assert r.returncode == 0 and sorted(r.stdout.split()) == ["2/0", "3/1"]
     assert launch('exit "$LOCAL_RANK"', "0").returncode == 1  # rank 1 failed: so does the node
+
+
+PROBE = (
+    'tr "\\0" " " </proc/1/cmdline; echo; pwd; id -u; stat -c %u . outputs; command -v python; echo "$PYTHONUNBUFFERED"'
+)
+
+
+def test_the_execution_wrapper_is_pid_1_and_starts_the_job_as_root_in_the_platforms_folder(tmp_path):
+    """As Common Runtime: not python, not the image's ENTRYPOINT; the image's ENV reaches it and the job."""
+    import local_run
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text("")
+    staged = local_run.staging(
+        {"source_directory": str(tmp_path / "src"), "paths": ["train.py"]}, "run-1", (0, 0), (0, 0)
+    )
+    name = f"cifar10-e2e-wrapper-{os.getpid()}"
+    wd = local_run.workdir("run-1")
+    docker = ["docker", "create", "--name", name, "--user", "0:0", "--entrypoint", local_run.wrapper_path("run-1")]
+    subprocess.run([*docker, IMAGE, "kill", "30", wd, "sh", "-c", PROBE], check=True, capture_output=True)
+    try:
+        subprocess.run(["docker", "cp", "-", f"{name}:/mnt"], input=staged, check=True)
+        r = subprocess.run(["docker", "start", "--attach", name], capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    pid1, cwd, uid, wd_owner, outputs_owner, python, unbuffered = r.stdout.splitlines()
+    assert pid1.split()[:2] == ["/bin/sh", local_run.wrapper_path("run-1")]  # a script, run by the image's /bin/sh
+    assert (cwd, uid, wd_owner, outputs_owner) == (wd, "0", "0", "0")
+    assert (python, unbuffered) == ("/opt/venv/bin/python", "1")  # image ENV: PATH and PYTHONUNBUFFERED
+
+
+# Small enough to be quick, long enough (100 steps, a checkpoint every 20) that a SIGTERM sent at the
+# first checkpoint arrives mid-training; the first start's exit status proves it did.
+PREEMPTIBLE = "--fake-data 400 --epochs 1 --threads 1 --checkpoint-every 20"
+
+
+def start(worktree, registry, plan, run_id, preempt=False, **env):
+    """One start of the run `run_id` (azure/local_run.py on the dry run's plan); with preempt, node 0's container
+    gets SIGTERM (`docker kill --signal TERM`, as a preemption) when the trainer prints its first checkpoint.
+    Returns (exit status, output, the run's summary.json or None)."""
+    p = subprocess.Popen(
+        ["python3", "azure/local_run.py", str(plan)],
+        cwd=worktree,
+        env=environment(worktree, registry, LOCAL_RUN_ID=run_id, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if preempt and line.startswith("checkpoint (interval): "):
+            subprocess.run(["docker", "kill", "--signal", "TERM", f"azureml-{run_id}-0".lower()], check=True)
+            preempt = False
+    code = p.wait(timeout=600)
+    found = list((worktree / "outputs" / f"local-{run_id}").rglob("summary.json"))
+    return code, "".join(lines), json.loads(found[0].read_text()) if found else None
+
+
+@pytest.fixture(scope="module")
+def preemptible(worktree, registry, pushed, tmp_path_factory):
+    """The dry run's job with CHECKPOINT_PATH (where a restarted job resumes), and an uninterrupted run's weights."""
+    plan = tmp_path_factory.mktemp("preempt") / "plan.json"
+    job = dry_run(worktree, registry, SDK="v2", CHECKPOINT_PATH="ck", TRAIN_ARGS=PREEMPTIBLE)
+    plan.write_text(json.dumps(job))
+    code, out, summary = start(worktree, registry, plan, f"uninterrupted-{os.getpid()}")
+    assert code == 0 and summary, out[-3000:]
+    assert "rehearsing: LOCAL_START=wrapper LOCAL_USER=root LOCAL_OUTPUTS=job LOCAL_SIGTERM=kill" in out
+    assert "./outputs written as uid 0\n" in out
+    return plan, summary["weights_sha256"]
+
+
+@pytest.mark.parametrize(
+    "sigterm,grace,first_exit",
+    [
+        ("forward", "600", 75),  # the trainer checkpoints at its next step and exits 75, long before the grace
+        ("kill", "0", 128 + 9),  # never told: SIGKILLed where it stands, once the grace is over
+    ],
+)
+def test_a_preempted_job_restarted_with_its_run_id_resumes_exactly(
+    worktree, registry, preemptible, sigterm, grace, first_exit
+):
+    plan, weights = preemptible
+    run_id = f"preempted-{sigterm}-{os.getpid()}"
+    code, out, summary = start(worktree, registry, plan, run_id, preempt=True, LOCAL_SIGTERM=sigterm, LOCAL_GRACE=grace)
+    assert code == first_exit and summary is None, out[-3000:]
+    assert ("stopped by SIGTERM" in out) == (sigterm == "forward"), out[-3000:]
+    code, out, summary = start(worktree, registry, plan, run_id)
+    assert code == 0 and summary, out[-3000:]
+    assert "resumed from " in out
+    assert summary["weights_sha256"] == weights

@@ -1,6 +1,9 @@
-"""azure/local_run.py's copy of a job's ./outputs: what lands on the host, with and without tarfile's filters."""
+"""azure/local_run.py's copy of a job's ./outputs (what lands on the host, with and without tarfile's filters), and
+the execution wrapper it starts jobs with (azure/execution-wrapper.sh) on SIGTERM."""
 
 import io
+import signal
+import subprocess
 import tarfile
 
 import pytest
@@ -46,3 +49,26 @@ def test_only_files_and_folders_inside_the_destination_land_there(tmp_path, monk
     landed = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert landed == ["run", "run/outputs", "run/outputs/model.pt", "run/outputs/plots", "run/outputs/plots/curves.png"]
     assert (dest / "model.pt").read_bytes() == b"weights" and (dest / "model.pt").stat().st_mode & 0o7777 == 0o755
+
+
+# A job that says when it is ready, exits 75 on SIGTERM as the trainer does, and otherwise runs until killed.
+JOB = 'trap "echo got SIGTERM; exit 75" TERM; echo ready; while :; do sleep 1; done'
+
+
+@pytest.mark.parametrize(
+    "mode,grace,status,told",
+    [("forward", "600", 75, True), ("kill", "0", 128 + 9, False)],
+)
+def test_the_execution_wrapper_forwards_sigterm_or_kills_the_job_after_the_grace(tmp_path, mode, grace, status, told):
+    wrapper = [str(local_run.WRAPPER), mode, grace, str(tmp_path)]
+    p = subprocess.Popen(["sh", *wrapper, "sh", "-c", f"pwd; {JOB}"], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == str(tmp_path)  # the job runs in the working directory it was given
+    assert p.stdout.readline() == "ready\n"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == status  # the job's own status, as Azure ML reports it
+    assert (p.stdout.read() == "got SIGTERM\n") == told
+
+
+def test_the_execution_wrapper_exits_with_the_jobs_status_when_not_preempted(tmp_path):
+    r = subprocess.run(["sh", str(local_run.WRAPPER), "kill", "30", str(tmp_path), "sh", "-c", "exit 3"], timeout=60)
+    assert r.returncode == 3
