@@ -240,8 +240,8 @@ def download_outputs(ws, name, folder):  # network
     """The run's ./outputs files, flat, in folder. Run.get(ws, run id) needs no experiment name (a run with
     DATA_PATH is in another experiment); download_files(prefix="outputs", append_prefix=False) lists the
     artifacts under ExperimentRun/dcid.<run id>/outputs/ and writes each without that prefix
-    (azureml/core/run.py, Run.download_files; azureml/_restclient/artifacts_client.py, download_artifacts_from_prefix).
-    "outputs", not "outputs/": the client adds the slash, and would list outputs// after one given."""
+    (azureml/core/run.py, Run.download_files; azureml/_restclient/artifacts_client.py,
+    download_artifacts_from_prefix)."""
     from azureml._restclient.exceptions import ServiceException
     from azureml.core import Run
 
