@@ -1,9 +1,13 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
-import local_registry
-from e2e_env import make_dirs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: ports, cifar_fixture, shared with the unit tests
+
+import local_registry  # noqa: E402
+from e2e_env import make_dirs  # noqa: E402
 
 
 @pytest.fixture

@@ -3,19 +3,14 @@ starts for users, in a compose project of its own on a free port. Only Docker is
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
+from ports import free_port
+
 from e2e_env import compose
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(project):

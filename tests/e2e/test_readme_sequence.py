@@ -8,7 +8,8 @@ import subprocess
 import time
 import urllib.request
 
-import local_registry
+from ports import free_port
+
 from e2e_env import ROOT, UID, build_labels, submit_env, tracked_copy
 
 RESULTS = {"model.pt", "metrics.jsonl", "summary.json", "curves.png"}
@@ -55,7 +56,7 @@ def test_the_readmes_commands_in_order_each_keep_their_own_results(dirs, registr
 def test_make_registry_serves_pushes_on_its_own_port(tmp_path):
     """The registry `make submit COMPUTE=local REGISTRY=...` needs, started the README's way, never on
     MLflow's port 5000; any small local image stands in for the trainer's."""
-    port = str(local_registry.free_port())
+    port = str(free_port())
     env = {**os.environ, "REGISTRY_PORT": port, "COMPOSE_PROJECT_NAME": f"cifar10-registry-{os.getpid()}"}
     small = subprocess.check_output(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], text=True)
     base = os.environ.get("BASE_IMAGE") or next(i for i in small.split() if not i.endswith(":<none>"))

@@ -36,6 +36,20 @@ def stop_at(proc, line_prefix):
     return proc.wait(timeout=60), rest
 
 
+def tutorial_steps(net, optimizer, batches):
+    """The tutorial's training loop, verbatim (CrossEntropyLoss, zero_grad, backward, step): each step's loss.
+    The oracle the trainer's step, its SGD and its whole run are held to, bit for bit."""
+    criterion = torch.nn.CrossEntropyLoss()
+    losses = []
+    for inputs, labels in batches:
+        optimizer.zero_grad()
+        loss = criterion(net(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def metric(out_dir, name):
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["value"] for r in rows if r["name"] == name]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 
 import data
 import train
@@ -95,12 +96,6 @@ def test_two_ranks_without_data_extract_the_archive_once_and_both_train(tmp_path
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["cifar-10-python.tar.gz"]
     made = sorted(p.name for p in (tmp_path / "scratch").iterdir() if p.name.startswith("cifar10-"))
     assert made == ["cifar10-extracted"]  # and no partial extraction left behind
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to tell cpu_count from cpu_count // 2")

@@ -12,11 +12,11 @@ import io
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 import checkpoint
 import metrics
@@ -143,12 +143,6 @@ def wait(pids):
             for other in pids[1:]:
                 os.kill(other, signal.SIGKILL)
     return results
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ranks(world):

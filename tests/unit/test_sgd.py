@@ -4,7 +4,7 @@ import io
 
 import pytest
 import torch
-from torch import nn
+from runner import tutorial_steps
 
 from model import Net
 from sgd import FlatSGD, StateSGD
@@ -16,14 +16,7 @@ def batches(n, seed=0, batch=4):
 
 
 def train(model, optimizer, data):
-    losses = []
-    for x, y in data:
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+    return tutorial_steps(model, optimizer, data)
 
 
 def fresh(make_optimizer, lr, momentum):

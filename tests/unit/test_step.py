@@ -6,7 +6,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 import torch.nn.functional as F
-from runner import metric, run_main, weights
+from runner import metric, run_main, tutorial_steps, weights
 from torch import nn
 
 import data
@@ -32,16 +32,8 @@ def tutorial(batches, momentum=MOMENTUM):
     """The tutorial's loop, verbatim: its losses, its Net and its optimizer."""
     torch.manual_seed(0)
     net = Net()
-    criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=momentum)
-    losses = []
-    for inputs, labels in batches:
-        optimizer.zero_grad()
-        loss = criterion(net(inputs), labels)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses, net, optimizer
+    return tutorial_steps(net, optimizer, batches), net, optimizer
 
 
 def fresh(momentum=MOMENTUM):

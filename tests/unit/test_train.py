@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runner import LOSS_LINE, TRAIN_PY, metric, run_main
-from torch import nn
+from runner import LOSS_LINE, TRAIN_PY, metric, run_main, tutorial_steps
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -48,21 +47,14 @@ def tutorial_losses(root, order, normalize, log_interval, epochs=2):
     trainset = datasets.CIFAR10(root=root, train=True, download=False, transform=transforms.Compose(steps))
     torch.manual_seed(0)
     net = Net()
-    criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
     logged = []
     for epoch in range(epochs):
         trainloader = DataLoader(trainset, batch_size=4, sampler=order(epoch).tolist(), num_workers=2)
-        running_loss = 0.0
-        for i, (inputs, labels) in enumerate(trainloader):
-            optimizer.zero_grad()
-            loss = criterion(net(inputs), labels)
-            loss.backward()
-            optimizer.step()
-            running_loss += loss.item()
-            if i % log_interval == log_interval - 1:
-                logged.append(running_loss / log_interval)
-                running_loss = 0.0
+        losses = tutorial_steps(net, optimizer, trainloader)
+        # its running_loss: summed from 0.0 in step order, printed and reset every log_interval steps
+        for k in range(len(losses) // log_interval):
+            logged.append(sum(losses[k * log_interval : (k + 1) * log_interval], 0.0) / log_interval)
     return logged
 
 
