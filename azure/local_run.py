@@ -9,7 +9,7 @@ interpreter, script and arguments with $AZUREML_DATAREFERENCE_<name>, ${{inputs.
 ${{outputs.<name>}} replaced by mount paths; datastore folders mounted (read-only for ro_mount); the
 job's environment variables, shm size and docker arguments; the variables Azure ML sets for a run;
 one container per node (all of its ranks inside, one hostname) on one docker network, each process
-with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK. When the job ends, node
+with MASTER_ADDR, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK. When the job ends, node
 0's ./outputs is copied out, as Azure ML uploads it.
 
 By default the job starts as Azure ML's Common Runtime starts it (docs/runtime.md, "How Azure ML may start it"):
@@ -57,7 +57,6 @@ import local_workspace
 
 WRAPPER = Path(__file__).with_name("execution-wrapper.sh")
 DATA = "/mnt/azureml/data"  # where datastore folders are mounted
-MASTER_PORT = "29500"  # not documented for Azure ML; torch's default
 # Set by Azure ML for every run; azureml-core's Run.get_context() reads them (azureml/core/run.py,
 # Run._load_scope). AZUREML_RUN_TOKEN and the service endpoints come from the tracking stand-in.
 WORKSPACE = {
@@ -130,7 +129,7 @@ def job_v2(plan):
         "image": job["environment"]["image"],
         "argv": shlex.split(job["component"]["command"]),
         "environment": job.get("environment_variables") or {},
-        "shm_size": resources.get("shm_size", "2g"),
+        "shm_size": resources["shm_size"],  # the job's own (azure/aml.py's default), as for v1
         "docker_args": shlex.split(resources.get("docker_args") or ""),
         "mounts": mounts,
         "nodes": nodes,
@@ -148,11 +147,11 @@ def run_variables(sdk, run_id, experiment):
 
 def rank_variables(job, rank, master):
     """torch.distributed's variables, as Azure ML's PyTorch distribution sets them on each process
-    (LOCAL_WORLD_SIZE is not among them)."""
+    (LOCAL_WORLD_SIZE is not among them). MASTER_PORT, whose value Azure ML does not document, is left
+    to the trainer's default (src/distributed.py)."""
     per_node = job["processes"] // job["nodes"]
     return {
         "MASTER_ADDR": master,
-        "MASTER_PORT": MASTER_PORT,
         "WORLD_SIZE": str(job["processes"]),
         "RANK": str(rank),
         "LOCAL_RANK": str(rank % per_node),

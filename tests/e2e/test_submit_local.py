@@ -230,10 +230,10 @@ def test_the_rehearsal_reads_mounts_and_ranks_from_the_serialized_v2_job(worktre
         "checkpoints": ("ck/run-1", False, "${{outputs.checkpoints}}"),
     }
     assert (job["nodes"], job["processes"]) == (2, 2) and job["image"].endswith("@" + pushed)
-    # Azure ML's PyTorch distribution sets these on each process; LOCAL_WORLD_SIZE is not among them
+    # Azure ML's PyTorch distribution sets these on each process; LOCAL_WORLD_SIZE is not among them, and
+    # MASTER_PORT is the trainer's default
     assert local_run.rank_variables(job, 1, "node-0") == {
         "MASTER_ADDR": "node-0",
-        "MASTER_PORT": "29500",
         "WORLD_SIZE": "2",
         "RANK": "1",
         "LOCAL_RANK": "0",
