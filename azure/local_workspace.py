@@ -27,6 +27,9 @@ class LocalWorkspaceError(Exception):
     pass
 
 
+CIFAR10 = ("cifar-10-batches-py", "cifar-10-python.tar.gz")  # what torchvision's reader finds in a data folder
+
+
 def datastore():
     return Path(os.environ.get("LOCAL_DATASTORE", "."))
 
@@ -73,13 +76,25 @@ def named_inputs(plan):
 
 
 def upload_data():
-    """`make upload-data COMPUTE=local`: DATA_DIR (./data) copied to DATA_PATH (aml.DATA_TARGET) in the datastore."""
+    """`make upload-data COMPUTE=local`: the data set in DATA_DIR (./data) copied to DATA_PATH (aml.DATA_TARGET)
+    in the datastore; a folder without one (a fresh clone's ./data holds .gitkeep) is refused."""
     source = Path(os.environ.get("DATA_DIR") or "data")
-    if not source.is_dir() or not any(source.iterdir()):
-        raise LocalWorkspaceError(f"{source} is empty: put CIFAR-10 there first (`make train` downloads it)")
+    found = [source / name for name in CIFAR10 if (source / name).exists()]
+    if not found:
+        raise LocalWorkspaceError(
+            f"{source}/ holds neither {' nor '.join(CIFAR10)}: put CIFAR-10 there first (`make train` downloads it)"
+        )
     target = (os.environ.get("DATA_PATH") or aml.DATA_TARGET).strip("/")
-    shutil.copytree(source, datastore() / target, dirs_exist_ok=True)
-    print(f"copied {source} to {datastore() / target}; now: make submit COMPUTE=local DATA_PATH={target}")
+    for item in found:
+        copy = shutil.copytree if item.is_dir() else shutil.copy2
+        (datastore() / target).mkdir(parents=True, exist_ok=True)
+        copy(item, datastore() / target / item.name, **({"dirs_exist_ok": True} if item.is_dir() else {}))
+    registry = os.environ.get("REGISTRY") or "HOST:PORT"
+    after = "" if os.environ.get("REGISTRY") else " (make registry starts one and prints its address)"
+    print(
+        f"copied {', '.join(p.name for p in found)} to {datastore() / target}/; "
+        f"now: make submit COMPUTE=local REGISTRY={registry} DATA_PATH={target}{after}"
+    )
 
 
 def main(argv):

@@ -72,3 +72,23 @@ def test_the_execution_wrapper_forwards_sigterm_or_kills_the_job_after_the_grace
 def test_the_execution_wrapper_exits_with_the_jobs_status_when_not_preempted(tmp_path):
     r = subprocess.run(["sh", str(local_run.WRAPPER), "kill", "30", str(tmp_path), "sh", "-c", "exit 3"], timeout=60)
     assert r.returncode == 3
+
+
+def test_upload_data_copies_the_data_set_and_refuses_a_fresh_clones_data_folder(tmp_path, monkeypatch, capsys):
+    """./data of a fresh clone holds only .gitkeep: one error, nothing copied; the next command names REGISTRY."""
+    import local_workspace
+
+    data, store = tmp_path / "data", tmp_path / "datastore"
+    data.mkdir()
+    (data / ".gitkeep").write_text("")
+    monkeypatch.setenv("DATA_DIR", str(data))
+    monkeypatch.setenv("LOCAL_DATASTORE", str(store))
+    monkeypatch.delenv("DATA_PATH", raising=False)
+    monkeypatch.delenv("REGISTRY", raising=False)
+    with pytest.raises(local_workspace.LocalWorkspaceError, match="holds neither cifar-10-batches-py nor"):
+        local_workspace.upload_data()
+    assert not store.exists()
+    (data / "cifar-10-python.tar.gz").write_bytes(b"the archive")
+    local_workspace.upload_data()
+    assert sorted(p.name for p in (store / "datasets" / "cifar10").iterdir()) == ["cifar-10-python.tar.gz"]
+    assert "make submit COMPUTE=local REGISTRY=HOST:PORT DATA_PATH=datasets/cifar10" in capsys.readouterr().out
