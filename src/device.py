@@ -9,12 +9,24 @@ second thread costs more than it saves; and on a machine shared with other work,
 region waits for whichever thread the kernel has descheduled (measured in the image on 2 busy cores:
 1,000-4,000 images/s on one thread, 40-140 on two). One thread is also the setting under which the
 trainer's losses are bit-identical to the tutorial's for the same samples. Large batches get the cores.
+
+Numerics: which kernels torch's libraries take on this CPU (docs/runtime.md, "The same weights on any
+x86-64 CPU"). The image's ENV pins them to what every AVX2 CPU runs alike; NUMERICS=native drops the pins
+for the machine's fastest kernels. This module applies NUMERICS when imported, before torch's first kernel:
+ATen reads ATEN_CPU_CAPABILITY at its first dispatch, MKL reads MKL_CBWR at its first call and oneDNN
+ONEDNN_MAX_CPU_ISA at its first primitive, and importing torch does none of these
+(tests/unit/test_device.py checks it for train.py's imports).
 """
 
+import ctypes
+import mmap
 import os
+import platform
 import re
+import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -24,6 +36,12 @@ from errors import TrainerError
 SMALL_BATCH = 32  # per process; below this, one thread
 NVIDIA_NODES = ("/dev/nvidiactl", "/dev/nvidia0")  # what the NVIDIA container runtime passes in
 DRIVER_VERSION = "/proc/driver/nvidia/version"  # the host driver's, also readable in a container
+# The pins (docker/Dockerfile sets them): ATen's and oneDNN's kernels capped at AVX2, MKL on its code path for
+# "Intel and Intel-compatible" CPUs. With them every AVX2 CPU, Intel or AMD, AVX2 or AVX-512, computes the
+# same bits; ATen's AVX2 pin on a CPU without AVX2 would die at the first kernel (SIGILL).
+PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
+MODES = ("portable", "native")
+DOCS = "docs/runtime.md, 'The same weights on any x86-64 CPU'"
 
 
 @dataclass
@@ -67,6 +85,10 @@ def threads_for(requested, batch_size, local_world=1):
 
 def setup_device(args, ddp):
     """Device, process group and CPU threads, decided once; the rest of the code only reads Device."""
+    if NUMERICS.error:
+        raise TrainerError(NUMERICS.error)
+    if NUMERICS.warning and ddp.main:
+        print(f"warning: {NUMERICS.warning}", file=sys.stderr)
     unusable = unusable_gpu(args.device)
     if unusable and ddp.main:
         print(f"warning: {unusable}")
@@ -113,3 +135,160 @@ def unusable_gpu(requested, nodes=NVIDIA_NODES):
         f"({reason}; {driver}): training on the CPU; give the machine a driver for CUDA {torch.version.cuda}, "
         f"or pass --device cpu"
     )
+
+
+# CPUID, called directly: under emulation (QEMU, Rosetta) it answers for the emulated CPU, where /proc/cpuinfo
+# is the host kernel's. x86-64 System V: cpuid(leaf=edi, subleaf=esi, out=rdx) -> out[0:4] = eax, ebx, ecx, edx.
+_CPUID_CODE = bytes.fromhex(
+    "53"  # push rbx (callee-saved; cpuid writes it)
+    "89f8"  # mov eax, edi
+    "89f1"  # mov ecx, esi
+    "4989d0"  # mov r8, rdx
+    "0fa2"  # cpuid
+    "418900"  # mov [r8], eax
+    "41895804"  # mov [r8+4], ebx
+    "41894808"  # mov [r8+8], ecx
+    "4189500c"  # mov [r8+12], edx
+    "5b"  # pop rbx
+    "c3"  # ret
+)
+# Each vector feature's (leaf, subleaf, register 0-3 for eax-edx, bit): Intel SDM vol. 2A, CPUID.
+_FEATURES = {
+    "sse4_2": (1, 0, 2, 20),
+    "fma": (1, 0, 2, 12),
+    "avx": (1, 0, 2, 28),
+    "avx2": (7, 0, 1, 5),
+    "avx512f": (7, 0, 1, 16),
+    "avx512dq": (7, 0, 1, 17),
+    "avx512bw": (7, 0, 1, 30),
+    "avx512vl": (7, 0, 1, 31),
+    "avx512_vnni": (7, 0, 2, 11),
+    "avx512_bf16": (7, 1, 0, 5),
+    "avx512_fp16": (7, 0, 3, 23),
+    "amx_tile": (7, 0, 3, 24),
+}
+
+
+def _cpuid_reader():
+    """A function (leaf, subleaf) -> (eax, ebx, ecx, edx), or None where no code can be made executable."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except (OSError, AttributeError):  # W^X policies (SELinux execmem, PaX) refuse such a page
+        return None
+    page.write(_CPUID_CODE)
+    call = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32))(
+        ctypes.addressof(ctypes.c_char.from_buffer(page))
+    )
+
+    def cpuid(leaf, subleaf=0):
+        out = (ctypes.c_uint32 * 4)()
+        call(leaf, subleaf, out)
+        return tuple(out)
+
+    cpuid.page = page  # lives as long as the function
+    return cpuid
+
+
+def _from_cpuid(cpuid):
+    top, ebx, ecx, edx = cpuid(0)
+    vendor = b"".join(r.to_bytes(4, "little") for r in (ebx, edx, ecx)).decode("ascii", "replace")
+    leaves = {(leaf, sub): cpuid(leaf, sub) for leaf, sub in ((1, 0), (7, 0), (7, 1)) if leaf <= top}
+    none = (0, 0, 0, 0)
+    flags = [name for name, (leaf, sub, reg, bit) in _FEATURES.items() if leaves.get((leaf, sub), none)[reg] >> bit & 1]
+    model = ""
+    if cpuid(0x80000000)[0] >= 0x80000004:
+        raw = b"".join(r.to_bytes(4, "little") for leaf in (0x80000002, 0x80000003, 0x80000004) for r in cpuid(leaf))
+        model = " ".join(raw.rstrip(b"\0").decode("ascii", "replace").split())
+    return vendor, model, flags
+
+
+def _from_proc(path="/proc/cpuinfo"):
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        text = ""
+
+    def field(name):
+        return next(iter(re.findall(rf"^{name}\s*:\s*(.*)$", text, re.M)), "")
+
+    present = set(field("flags").split())
+    return field("vendor_id"), field("model name"), [name for name in _FEATURES if name in present]
+
+
+def vector_isa(flags):
+    """The widest vector ISA of these flags, by the rules ATen's dispatch uses (aten/src/ATen/cpu/Utils.cpp)."""
+    have = set(flags)
+    if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= have:
+        return "AVX512"
+    if {"avx2", "fma"} <= have:
+        return "AVX2"
+    return "AVX" if "avx" in have else ("SSE4.2" if "sse4_2" in have else "below SSE4.2")
+
+
+@cache
+def cpu_identity():
+    """{cpu_vendor, cpu_model, cpu_isa, cpu_flags} of the CPU this process runs on, as CPUID tells it (the
+    emulated CPU under QEMU or Rosetta); from /proc/cpuinfo where CPUID cannot be called; on another
+    architecture (arm64) its name stands for the ISA."""
+    cpuid = _cpuid_reader()
+    vendor, model, flags = _from_cpuid(cpuid) if cpuid else _from_proc()
+    machine = platform.machine().lower()
+    isa = vector_isa(flags) if machine in ("x86_64", "amd64") else machine
+    return {"cpu_vendor": vendor, "cpu_model": model or "unknown", "cpu_isa": isa, "cpu_flags": " ".join(flags)}
+
+
+@dataclass
+class Numerics:
+    mode: str  # "portable", "native", or "custom: VAR=value ..." for pins set by hand
+    warning: str | None = None  # one line for the user, said once by setup_device
+    error: str | None = None  # a bad NUMERICS value: setup_device stops the run with it
+
+
+def numerics_mode(environ):
+    """What the environment's pins make of this process's numerics."""
+    values = {k: environ.get(k) for k in PORTABLE}
+    if values == PORTABLE:
+        return "portable"
+    if not any(values.values()):
+        return "native"
+    return "custom: " + " ".join(f"{k}={v}" for k, v in values.items() if v)
+
+
+def choose_numerics(environ=os.environ, isa=None):
+    """Apply NUMERICS to `environ` (this process's, and so its children's): `native` drops the pins, `portable`
+    sets them, unset or empty keeps what is there (in the image: its ENV's pins). On a CPU without AVX2 the
+    pins go too, with a warning: the run then takes the CPU's own kernels rather than dying at the first."""
+    asked = environ.get("NUMERICS", "").strip().lower()
+    if asked and asked not in MODES:
+        return Numerics(numerics_mode(environ), error=f"NUMERICS={asked}: use portable or native ({DOCS})")
+    if asked == "native":
+        for key in PORTABLE:
+            environ.pop(key, None)
+    elif asked == "portable":
+        environ.update(PORTABLE)
+    isa = isa or cpu_identity()["cpu_isa"]
+    if environ.get("ATEN_CPU_CAPABILITY") == "avx2" and isa in ("AVX", "SSE4.2", "below SSE4.2"):
+        for key in PORTABLE:
+            environ.pop(key, None)
+        warning = (
+            f"this CPU's widest vector ISA is {isa}, and portable numerics need AVX2 ({DOCS}): training with its "
+            "own kernels instead, so the weights will differ from those an AVX2 machine computes"
+        )
+        return Numerics(numerics_mode(environ), warning=warning)
+    return Numerics(numerics_mode(environ))
+
+
+def cpu_numerics():
+    """What summary.json records of the CPU and its numerics (provenance.py): the CPU, its widest vector ISA,
+    the vector ISA ATen's kernels use here, and the numerics mode that ran."""
+    return {
+        **cpu_identity(),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "numerics": NUMERICS.mode,
+    }
+
+
+# Before torch's first kernel: train.py imports this module before it computes anything.
+NUMERICS = choose_numerics()
