@@ -1,4 +1,4 @@
-"""What a run ran on: the code's digest, the image's revision, the Python stack's fingerprint.
+"""What a run ran on: the code's digest, the image's revision, the Python stack's fingerprint, the CPU and its numerics.
 
 python provenance.py SRC_DIR     # prints the digest of the trainer's code (the image bakes it in)
 """
@@ -44,7 +44,7 @@ def packages_fingerprint():
 def provenance():
     import torch
 
-    from device import cuda_versions
+    from device import cpu_numerics, cuda_versions
 
     return {
         "image_ref": os.environ.get("IMAGE_REF", "none"),
@@ -56,6 +56,8 @@ def provenance():
         "torchvision": metadata.version("torchvision"),
         "packages_sha256": packages_fingerprint(),
         **cuda_versions(),  # cuda_runtime, nvidia_driver: what a GPU run ran on
+        # cpu_vendor, cpu_model, cpu_isa, cpu_flags (CPUID's), aten_cpu_capability, numerics: portable or native
+        **cpu_numerics(),
     }
 
 
