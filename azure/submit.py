@@ -25,9 +25,8 @@ import sys
 import urllib.error
 from pathlib import Path
 
-import fetch
-
 import aml
+import fetch
 
 SOURCE = Path("src")  # the mounted work tree's src/, what Azure ML would upload
 DATA = Path("data")  # the mounted ./data that `make upload-data` sends
