@@ -6,8 +6,8 @@ Threads: how many torch uses, chosen once per run.
 
 At the tutorial's batch of 4 an operation is a few microseconds of arithmetic, so handing it to a
 second thread costs more than it saves; and on a machine shared with other work, every parallel
-region waits for whichever thread the kernel has descheduled (measured in the image on 2 busy cores:
-1,000-4,000 images/s on one thread, 40-140 on two). One thread is also the setting under which the
+region waits for whichever thread the kernel has descheduled (docs/perf.md, "Start-up, exit, threads and
+the allocator"). One thread is also the setting under which the
 trainer's losses are bit-identical to the tutorial's for the same samples. Large batches get the cores.
 
 Numerics: which kernels torch's libraries take on this CPU (docs/runtime.md, "The same weights on any
