@@ -52,7 +52,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build build-submit-v2 build-mlflow build-browser registry ui train train-ddp train-2node dirs submit upload-data attach-registry test test-unit test-e2e lint lock bench bench-ddp compare fetch clean
+.PHONY: help build build-submit-v2 build-mlflow build-browser registry ui train train-ddp train-2node dirs submit upload-data attach-registry test test-unit test-e2e lint lock bench bench-ddp numerics-matrix compare fetch clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -104,7 +104,7 @@ test: lint build build-submit-v2 build-mlflow build-browser test-unit test-e2e #
 test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the submit-v2 image)
 	$(COMPOSE) run --rm test
 	$(COMPOSE) --profile azure run --rm -v $(CURDIR)/tests:/app/tests:ro -v $(CURDIR)/pyproject.toml:/app/pyproject.toml:ro \
-	  -v $(CURDIR)/src:/app/src:ro -w /app --entrypoint python submit-v2 -m pytest -p no:cacheprovider tests/unit/test_azure_v2.py
+	  -v $(CURDIR)/src:/app/src:ro -w /app --entrypoint python submit-v2 -m pytest -p no:cacheprovider tests/unit/test_azure_v2.py tests/unit/test_fetch_v2.py
 
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
 	PYTHONDONTWRITEBYTECODE=1 $(PYTEST) -p no:cacheprovider --durations=10 tests/e2e
@@ -132,6 +132,9 @@ bench: build ## the whole `docker compose run train` against the tutorial's trai
 
 bench-ddp: build ## data-parallel scaling, 1 vs 2 processes (torchrun), in the image
 	$(COMPOSE) run --rm -v $(CURDIR)/bench:/app/bench:ro train python /app/bench/scaling.py $(ARGS)
+
+numerics-matrix: build $(HOST_VENV) ## weights sha256 natively and under QEMU as other CPUs, every path: ARGS="--cpus Haswell-v4 --fake-data 400"
+	$(HOST_VENV)/bin/python tests/e2e/test_numerics.py $(ARGS)
 
 # `make compare` exits as compare.py does (0 the same run, 1 differs, 2 not a run), not with make's 2 and
 # its "Error 1" line: the comparison runs while make reads this file, and a difference sets -q (question
