@@ -140,14 +140,14 @@ class MlflowRun:
         for name in ("mlflow.utils.git_utils", "mlflow.tracking.context.registry"):
             logging.getLogger(name).setLevel(logging.ERROR)
         self.client = mlflow.MlflowClient()
-        self.run_id = os.environ.get("MLFLOW_RUN_ID") or self.create_run(tags.get("run"))
+        self.run_id = os.environ.get("MLFLOW_RUN_ID") or self.create_run()
         self.client.log_batch(
             self.run_id,
             params=[Param(k, str(v)) for k, v in params.items()],
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
 
-    def create_run(self, name):
+    def create_run(self):
         from mlflow.tracking.context.registry import resolve_tags  # the source and user tags fluent's start_run adds
 
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
@@ -159,8 +159,7 @@ class MlflowRun:
         # MLflow would print its own link at the end, as the trainer sees the server (http://mlflow:5000
         # in compose, which the host cannot open); link() prints one the host opens instead.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        # Named as the run's own folder: the UI's run and outputs/<name>/ are found by the same name.
-        return self.client.create_run(experiment, tags=resolve_tags(), run_name=name).info.run_id
+        return self.client.create_run(experiment, tags=resolve_tags()).info.run_id
 
     def link(self):
         """The run's page in the UI: under TRACKING_UI_URL (where the host reaches compose's server,

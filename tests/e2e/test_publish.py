@@ -21,14 +21,16 @@ def test_publish_pushes_an_immutable_tag_and_the_digest_pulls_the_same_image(reg
     # The digest alone (R9): the Environment registers it, so one build from any commit registers alike
     assert repo == f"{registry}/cifar10-trainer" and digest.startswith("sha256:")
     local_id = subprocess.check_output(["docker", "image", "inspect", "-f", "{{.Id}}", IMAGE], text=True).strip()
-    # The push needed a tag: it names the image it points at
-    (tag,) = [t for t in tags(registry) if t.endswith(local_id[7:19])]
+    # The push needed a tag: it names the image it points at (other tests may have pushed it from a copy of
+    # the tree, without git: a tag of theirs ends the same)
+    ours = [t for t in tags(registry) if t.endswith(local_id[7:19])]
+    assert ours, tags(registry)
     subprocess.run(["docker", "pull", "--quiet", ref], check=True, capture_output=True, timeout=600)
     pulled_id = subprocess.check_output(["docker", "image", "inspect", "-f", "{{.Id}}", ref], text=True).strip()
     assert pulled_id == local_id
     r = subprocess.run(["docker", "run", "--rm", ref, "--help"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "--fake-data" in r.stdout
-    subprocess.run(["docker", "image", "rm", f"{repo}:{tag}", ref], capture_output=True)  # names only: layers stay
+    subprocess.run(["docker", "image", "rm", *(f"{repo}:{t}" for t in ours), ref], capture_output=True)  # names only
 
 
 @pytest.fixture

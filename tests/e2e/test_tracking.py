@@ -133,7 +133,6 @@ def test_each_run_in_mlflow_holds_its_metrics_jsonl_params_tags_and_files(server
         for key in ("image_ref", "image_revision", "source_sha256", "packages_sha256"):
             assert tags[key] == str(summary[key]), key
         assert tags["image_ref"] == IMAGE
-        assert run["info"]["run_name"] == summary["run"]  # the UI names the run as its folder does
         files = {f["path"] for f in api(url, "artifacts/list", run_id=run_id).get("files", [])}
         assert files == {"model.pt", "curves.png", "summary.json"}
     # Different seeds, different trajectories: the comparison the UI is for has something to compare.
