@@ -4,11 +4,14 @@
     make bench ARGS="--epochs 1 --rounds 3 --images 20000"
     make bench ARGS="--product-flags='--threads 2'" # extra trainer flags for the product
     make bench ARGS="--loop"                        # each round also: a step at batch 4, the tutorial's kernels' share
+    make bench ARGS="--numerics --epochs 1"         # the product with its numerics pins and without, batch 4 and 512
 
 Runs on the host (standard library only), driving `docker compose run` with the built image: in it, on one generated
 data set in CIFAR-10's format (torchvision's md5 check expecting its files: tests/cifar_fixture.py --on), the tutorial's
 script (bench/tutorial_train.py) and `docker compose run train` (src/train.py). Rounds interleave and rotate which
 goes first; each figure comes with its range over rounds. Past figures, and those of retired benches: docs/perf.md.
+With --numerics the rounds run the product only, portable (the image's default) and NUMERICS=native (docs/runtime.md,
+"The same weights on any x86-64 CPU"), at the tutorial's batch of 4 and at 512.
 """
 
 import argparse
@@ -53,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--product-flags", default="", help='extra trainer flags for the product, e.g. "--threads 2"')
     p.add_argument("--loop", action="store_true", help="each round also takes a step at batch 4 apart (step_share)")
     p.add_argument("--step-share", action="store_true", help="inside the image: what --loop runs, one JSON line")
+    p.add_argument("--numerics", action="store_true", help="the product portable vs NUMERICS=native, batch 4 and 512")
     args = p.parse_args(argv)
     if args.images % 5 or args.images < 5 * 4:
         p.error("--images must be a multiple of 5 (five batch files) and at least 20")
@@ -64,6 +68,9 @@ def programs(args):
     tutorial = ["env", f"TUTORIAL_EPOCHS={args.epochs}", *ON_FIXTURE, "/app/bench/tutorial_train.py"]
     product = [*ON_FIXTURE, "/app/src/train.py", "--epochs", str(args.epochs), *args.product_flags.split()]
     loop = ["python", "/app/bench/product.py", "--step-share"]
+    if args.numerics:  # NUMERICS is read by the trainer (src/device.py), so `env` in front of it is the switch
+        switch = {"portable": [], "native": ["env", "NUMERICS=native"]}
+        return {f"{m}, batch {b}": [*switch[m], *product, "--batch-size", str(b)] for b in BATCHES for m in switch}
     return {"tutorial": tutorial, "product": product, **({"loop": loop} if args.loop else {})}
 
 
@@ -89,7 +96,7 @@ def run_rounds(env, args):
         for name in list(commands)[r % len(commands) :] + list(commands)[: r % len(commands)]:
             seconds, lines = compose_run(env, *commands[name])
             summary = {}
-            if name == "product":  # each run writes a new outputs/<run>/, and outputs/latest names it
+            if "/app/src/train.py" in commands[name]:  # each run writes outputs/<run>/, and outputs/latest names it
                 summary = json.loads((Path(env["OUTPUTS_DIR"]) / "latest" / "summary.json").read_text())
             results[name].append({"wall": seconds, "lines": lines, "summary": summary})
             print(f"round {r + 1}: {name:8s} {seconds:6.1f} s   (load {os.getloadavg()[0]:.1f})", flush=True)
@@ -102,6 +109,8 @@ def main(argv=None):
         return step_share()
     with tempfile.TemporaryDirectory(prefix="bench-", ignore_cleanup_errors=True) as work:
         results = run_rounds(prepare(Path(work), args), args)
+    if args.numerics:
+        return report_numerics(results, args)
     report(results, args)
     if args.loop:
         report_loop([json.loads(r["lines"][-1][1]) for r in results["loop"]])
@@ -150,6 +159,24 @@ def report(results, args):
     print(f"  loss every 2000 mini-batches, first round ({'the same' if losses[0] == losses[1] else 'NOT the same'}):")
     for name, values in zip(("tutorial", "product"), losses, strict=True):
         print(f"    {name:8s} {' '.join(values)}")
+
+
+BATCHES = (4, 512)  # the tutorial's batch (one thread), and one that gets every core (src/device.py)
+MODES = ("portable", "native")
+
+
+def report_numerics(results, args):
+    """images/s of the product's training loop (summary.json), portable vs native, and each round's ratio."""
+    print(f"\n{args.epochs} epoch(s) of {args.images} images; images/s of the training loop, best round and range:")
+    for batch in BATCHES:
+        rates = {m: [r["summary"]["images_per_sec"] for r in results[f"{m}, batch {batch}"]] for m in MODES}
+        threads = results[f"portable, batch {batch}"][0]["summary"]["threads"]
+        for mode in MODES:
+            print(f"  batch {batch:3d} ({threads} thread(s)), {mode:8s}  {spread(rates[mode], '{:.0f}', max)}")
+        pairs = [p / n for p, n in zip(rates["portable"], rates["native"], strict=True)]
+        print(f"  batch {batch:3d}, portable/native, each round's pair  {spread(pairs, '{:.2f}x', max)}")
+    shas = {name: {r["summary"]["weights_sha256"][:12] for r in runs} for name, runs in results.items()}
+    print("  weights sha256 by run: " + "; ".join(f"{name}: {' '.join(sorted(s))}" for name, s in shas.items()))
 
 
 # The tutorial's arithmetic, by the aten ops that do it (forward and backward), as torch.profiler names them.
