@@ -48,6 +48,9 @@ def machine():
     return f"{os.cpu_count()} cores, {model}"
 
 
+LOSS_EVERY = 2000  # mini-batches between the tutorial's loss lines
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=2, help="epochs for both programs (default: 2, the tutorial's)")
@@ -60,6 +63,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.images % 5 or args.images < 5 * 4:
         p.error("--images must be a multiple of 5 (five batch files) and at least 20")
+    # The tutorial prints its loss every 2000 mini-batches of 4: a rate between loss lines needs two an epoch.
+    if not args.numerics and args.images < LOSS_EVERY * 4 * 2:
+        p.error(f"--images must be at least {LOSS_EVERY * 4 * 2} (two loss lines an epoch; or use --numerics)")
     return args
 
 
