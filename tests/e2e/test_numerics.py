@@ -9,7 +9,7 @@ Emulation: Debian's qemu-user-static (.ci/run installs it), its static qemu-x86_
 container and run as `/qemu -cpu MODEL /opt/venv/bin/python /app/src/train.py ...`, the entrypoint bypassed (as
 Azure ML does). QEMU 7.2's TCG emulates AVX2 but not AVX-512: each model is an AVX2 CPU of its vendor, and CPUID
 answers as that model (what the trainer records; /proc/cpuinfo stays the host's). Each emulated run costs about
-a minute of imports and ~1 s a step at batch 4, so the test keeps to 50 steps and runs three at a time.
+a minute of imports and ~1 s a step at batch 4, so the test keeps to 25 steps and runs three at a time.
 """
 
 import argparse
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e_env import IMAGE, ROOT, UID  # noqa: E402
 
 QEMU = shutil.which("qemu-x86_64-static")
-RECIPE = "--fake-data 200 --epochs 1 --threads 1"  # 50 steps of the tutorial's recipe, its evaluation, a checkpoint
+RECIPE = "--fake-data 100 --epochs 1 --threads 1"  # 25 steps of the tutorial's recipe, its evaluation, a checkpoint
 INTEL, AMD = "Haswell-v4", "EPYC-Rome"  # AVX2 CPUs of both vendors: MKL takes another path on each
 PATHS = {  # name -> (extra trainer flags, how it runs)
     "default": ("", "train"),
