@@ -226,8 +226,8 @@ class Metrics:
         (what a killed run logged after it, or tore mid-line, is logged again), and `last` is read back."""
         if self.path is None or not self.path.exists():
             return
-        kept = []
-        for line in self.path.read_text().splitlines():
+        kept, text = [], self.path.read_text()
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except ValueError:  # the line a kill tore: the last one
@@ -236,9 +236,9 @@ class Metrics:
                 break
             kept.append(line)
             self.last[record["name"]] = float(record["value"])
-        text = "".join(line + "\n" for line in kept)
-        if text != self.path.read_text():
-            outputs.atomic_write(self.path, lambda f: f.write(text.encode()))
+        trimmed = "".join(line + "\n" for line in kept)
+        if trimmed != text:
+            outputs.atomic_write(self.path, lambda f: f.write(trimmed.encode()))
 
     def sync(self):
         """metrics.jsonl on disk up to now: called before a checkpoint, so that what resume() keeps survives

@@ -24,7 +24,6 @@ from checkpoint import find_latest, load_checkpoint
 from cli import recipe
 
 RUN_FILE = "run.json"  # in the output folder: the name of the run whose results it holds
-SUMMARY = outputs.SUMMARY  # written last: the mark of a finished run
 LATEST = "latest"  # outputs/latest -> the newest run's folder (by default only)
 DEFAULT_OUTPUTS = "outputs"
 DEFAULT_CHECKPOINTS = "checkpoints"
@@ -118,7 +117,7 @@ def plan(args, environ=os.environ):
             return found
     # `--resume auto` of a run that wrote no checkpoint starts it again: its partial results go.
     again = args.resume == "auto" and name is not None
-    if again and (out_dir / SUMMARY).exists():
+    if again and (out_dir / outputs.SUMMARY).exists():
         why = f"run {name} has finished ({out_dir}/): {NEW_RUN[False]}"
         return RunFolders(name, out_dir, ckpt_root, None, why)
     overwrite = args.overwrite or again
@@ -178,7 +177,7 @@ def continue_run(args, name, out_dir, ckpt_root, new_run):
         return None
     state = load_checkpoint(path, recipe(args))["state"]  # a dict: LoopState's fields
     done = None
-    if state["epoch"] >= args.epochs and (Path(out_dir) / SUMMARY).exists():
+    if state["epoch"] >= args.epochs and (Path(out_dir) / outputs.SUMMARY).exists():
         done = (
             f"run {name} has finished all {state['epoch']} epochs ({out_dir}/): nothing to resume; "
             f"pass --epochs {state['epoch'] + 1} or more to extend it, or {new_run}"
