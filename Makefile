@@ -109,9 +109,9 @@ test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the 
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
 	PYTHONDONTWRITEBYTECODE=1 $(PYTEST) -p no:cacheprovider --durations=10 tests/e2e
 
-lint: $(HOST_VENV) ## ruff over src, tests, bench, azure; actionlint over .github/workflows
-	$(HOST_VENV)/bin/ruff check --no-cache src tests bench azure
-	$(HOST_VENV)/bin/ruff format --no-cache --check src tests bench azure
+lint: $(HOST_VENV) ## ruff over src, tests, bench, azure, rehearsal; actionlint over .github/workflows
+	$(HOST_VENV)/bin/ruff check --no-cache src tests bench azure rehearsal
+	$(HOST_VENV)/bin/ruff format --no-cache --check src tests bench azure rehearsal
 	$(HOST_VENV)/bin/actionlint -no-color .github/workflows/*.yml
 
 lock: ## re-resolve docker/*.in (runtime, submit-v2, mlflow) into docker/*.lock (in a container)
@@ -141,7 +141,7 @@ numerics-matrix: build $(HOST_VENV) ## weights sha256 natively and under QEMU as
 # mode), whose "not up to date" is make's own exit 1. GNU make before 4.0 (no $(file)) runs it as a recipe.
 ifeq ($(MAKECMDGOALS)$(filter 3.%,$(MAKE_VERSION)),compare)
 compare_out := $(shell mktemp)
-compare_status := $(shell python3 azure/compare.py $(A) $(B) >$(compare_out); echo $$?)
+compare_status := $(shell python3 src/compare.py $(A) $(B) >$(compare_out); echo $$?)
 $(info $(file <$(compare_out)))
 $(shell rm -f $(compare_out))
 ifeq ($(compare_status),1)
@@ -151,7 +151,7 @@ compare:
 	@exit $(compare_status)
 else
 compare: ## two runs' output folders side by side; exit 0 when they are the same run: make compare A=DIR B=DIR
-	python3 azure/compare.py $(A) $(B)
+	python3 src/compare.py $(A) $(B)
 endif
 
 clean: ## remove outputs, checkpoints, the host test venv and the image (keeps downloaded data)

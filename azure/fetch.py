@@ -4,7 +4,7 @@
     python3 azure/fetch.py NAME     # COMPUTE=local: a rehearsed job; else Azure ML (SDK=v1|v2, default v2)
 
 The job's ./outputs files land flat (summary.json, metrics.jsonl, model.pt, curves.png), owned by whoever
-runs make. A rehearsed job's are copied from OUTPUTS_DIR/local-NAME/, where azure/local_run.py left them;
+runs make. A rehearsed job's are copied from OUTPUTS_DIR/local-NAME/, where rehearsal/local_run.py left them;
 an Azure ML job's are downloaded by `submit.py fetch` in the submit container (adapter.download_outputs),
 with OUTPUTS_DIR mounted. Either way into a hidden folder beside the destination first, then renamed into
 place: a failed fetch leaves nothing, and a folder that already holds files is kept unless REPLACE=1.

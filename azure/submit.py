@@ -119,7 +119,7 @@ def train_args(text):
 # make variable: (type, help). `--name-in-lower-case` on the command line; the environment otherwise.
 SETTINGS = {
     "EXPERIMENT": (experiment_name, f"experiment ({aml.EXPERIMENT}; with DATA_PATH {aml.EXPERIMENT_DATA})"),
-    "COMPUTE": (compute_name, "compute cluster, created if missing; `local`: the rehearsal (azure/local_run.py)"),
+    "COMPUTE": (compute_name, "compute cluster, created if missing; `local`: the rehearsal (rehearsal/local_run.py)"),
     "VM_SIZE": (vm_size, "VM size, if the cluster is created"),
     "MAX_NODES": (count, "cluster size limit, if created (min is 0); default: 4 (the tutorial's), or NODES when more"),
     "LOW_PRIORITY": (flag, "low-priority VMs, if the cluster is created"),

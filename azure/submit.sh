@@ -3,7 +3,7 @@
 # TRAIN_ARGS through the trainer's own parser, settings, registry) and log in; (2) push the image by
 # digest from the host; (3) register the Environment and submit. DRY_RUN=1: no network, no credentials;
 # print the push and the exact definitions. COMPUTE=local: push to REGISTRY (e.g. a registry on
-# 127.0.0.1), then run the very job the dry run prints with the host's Docker (azure/local_run.py).
+# 127.0.0.1), then run the very job the dry run prints with the host's Docker (rehearsal/local_run.py).
 # The job's settings are make's variables, read once by azure/submit.py (compose passes them through).
 # `submit.sh upload-data`: DATA_DIR (./data) to the default datastore (COMPUTE=local: into LOCAL_DATASTORE).
 set -euo pipefail
@@ -34,7 +34,7 @@ now() { echo "${EPOCHREALTIME:-$(date +%s)}"; }
 since() { awk "BEGIN {printf \"%.1f\", $(now) - $1}"; }
 
 if [ "${1:-}" = upload-data ]; then
-  if [ "${COMPUTE:-}" = local ]; then exec python3 azure/local_workspace.py upload-data; fi
+  if [ "${COMPUTE:-}" = local ]; then exec python3 rehearsal/local_workspace.py upload-data; fi
   data=$(realpath "${DATA_DIR:-data}")
   exec docker compose --profile azure run --rm -v "$data:/work/data:ro" "$service" upload-data "${dry[@]}"
 fi
@@ -64,9 +64,9 @@ if [ "${COMPUTE:-}" = local ] && [ -z "${DRY_RUN:-}" ]; then
   plan=$(mktemp)
   trap 'rm -f "$plan"' EXIT
   aml run --image "$ref" --dry-run >"$plan"
-  python3 azure/local_workspace.py register "$plan"
+  python3 rehearsal/local_workspace.py register "$plan"
   echo "timing: check $check s, job definition $(since "$start") s" >&2
-  PUSH_SECONDS=$push python3 azure/local_run.py "$plan"
+  PUSH_SECONDS=$push python3 rehearsal/local_run.py "$plan"
   exit 0
 fi
 aml run --image "$ref" "${dry[@]}"

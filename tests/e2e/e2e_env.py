@@ -75,9 +75,9 @@ def compose_env(dirs):
 
 
 def copy_submit_tree(root, *folders):
-    """A copy of what `make submit` reads (azure/, src/, docker/, compose.yaml) under root, with an empty
+    """A copy of what `make submit` reads (azure/, rehearsal/, src/, docker/, compose.yaml) under root, with an empty
     workspace config folder, Azure token cache and any other `folders`: the tests may change it freely."""
-    for part in ("azure", "src", "docker", "compose.yaml"):
+    for part in ("azure", "rehearsal", "src", "docker", "compose.yaml"):
         (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, root / part)
     for folder in (".azureml", "azure-config", *folders):
         (root / folder).mkdir()

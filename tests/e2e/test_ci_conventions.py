@@ -47,7 +47,7 @@ GITLAB_DETECT_SHELL = (
 def checkout(folder, uid):
     """What a runner checks out: this repository's code and tests, owned by the runner's uid."""
     folder.mkdir(parents=True)
-    for part in ("src", "azure", "tests"):  # test_metrics.py uses azure/standin.py
+    for part in ("src", "azure", "rehearsal", "tests"):  # test_metrics.py uses rehearsal/standin.py
         shutil.copytree(ROOT / part, folder / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", folder)
     for path in [folder, *folder.rglob("*")]:

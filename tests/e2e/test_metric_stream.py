@@ -1,4 +1,4 @@
-"""One metric stream: `make submit COMPUTE=local` against the tracking stand-in (azure/standin.py), whose record
+"""One metric stream: `make submit COMPUTE=local` against the tracking stand-in (rehearsal/standin.py), whose record
 of what arrived must equal the run's metrics.jsonl: SDK v1 through azureml-core's run history, SDK v2 through
 MLflow into the run Azure ML makes for the job, the image's own code paths unmodified."""
 

@@ -19,7 +19,7 @@ import pytest
 from e2e_env import IMAGE, ROOT, UID, copy_submit_tree, submit_env, submit_sh
 
 FAST = "--epochs 1 --fake-data 64 --batch-size 8"
-DATA = "/mnt/azureml/data"  # where azure/local_run.py mounts datastore folders
+DATA = "/mnt/azureml/data"  # where rehearsal/local_run.py mounts datastore folders
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_a_uid_without_a_writable_outputs_folder_stops_in_one_line(worktree, reg
 
 def test_the_rehearsals_settings_are_checked_before_anything_starts(worktree):
     r = subprocess.run(
-        ["python3", "azure/local_run.py", "plan.json"],
+        ["python3", "rehearsal/local_run.py", "plan.json"],
         cwd=worktree,
         env={**environment(worktree, "unused"), "LOCAL_START": "attach"},
         input="",
@@ -208,7 +208,7 @@ def test_a_folder_with_only_the_archive_is_read_and_nothing_is_written_back(work
     variables["PYTHONPATH"] = f"/mnt/azureml/cr/j/archive-only-{sdk}/exe/wd"
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     r = subprocess.run(
-        ["python3", "azure/local_run.py", str(tmp_path / "plan.json")],
+        ["python3", "rehearsal/local_run.py", str(tmp_path / "plan.json")],
         cwd=worktree,
         env=environment(worktree, registry, LOCAL_RUN_ID=f"archive-only-{sdk}"),
         capture_output=True,
@@ -337,11 +337,11 @@ PREEMPTIBLE = "--fake-data 400 --epochs 1 --threads 1 --checkpoint-every 20"
 
 
 def start(worktree, registry, plan, run_id, preempt=False, **env):
-    """One start of the run `run_id` (azure/local_run.py on the dry run's plan); with preempt, node 0's container
+    """One start of the run `run_id` (rehearsal/local_run.py on the dry run's plan); with preempt, node 0's container
     gets SIGTERM (`docker kill --signal TERM`, as a preemption) when the trainer prints its first checkpoint.
     Returns (exit status, output, the run's summary.json or None)."""
     p = subprocess.Popen(
-        ["python3", "azure/local_run.py", str(plan)],
+        ["python3", "rehearsal/local_run.py", str(plan)],
         cwd=worktree,
         env=environment(worktree, registry, LOCAL_RUN_ID=run_id, **env),
         stdout=subprocess.PIPE,

@@ -1,9 +1,10 @@
-"""azure/compare.py (`make compare`) on the folders real short trainer runs write."""
+"""src/compare.py (`make compare`) on the folders real short trainer runs write."""
 
 import json
 
-import compare
 import pytest
+
+import compare
 
 FAST = "--epochs 1 --fake-data 64 --batch-size 8 --log-interval 2"
 

@@ -1,5 +1,5 @@
-"""azure/local_run.py's copy of a job's ./outputs (what lands on the host, with and without tarfile's filters), and
-the execution wrapper it starts jobs with (azure/execution-wrapper.sh) on SIGTERM."""
+"""rehearsal/local_run.py's copy of a job's ./outputs (what lands on the host, with and without tarfile's filters), and
+the execution wrapper it starts jobs with (rehearsal/execution-wrapper.sh) on SIGTERM."""
 
 import io
 import signal

@@ -1,6 +1,6 @@
 """metrics.py: metrics.jsonl always; exactly one tracker, the one the environment names; never a stopped run.
 
-The trackers are the real ones: azureml-core against the run-history stand-in (azure/standin.py) on a local
+The trackers are the real ones: azureml-core against the run-history stand-in (rehearsal/standin.py) on a local
 port, MLflow on a file: store. A failure is made by patching only the call that fails.
 """
 
@@ -62,7 +62,7 @@ def imported_after(code, env):
 
 @pytest.fixture(scope="session")
 def standin_service():
-    """azure/standin.py's run-history service on a free port, up until the tests end: azureml-core may still
+    """rehearsal/standin.py's run-history service on a free port, up until the tests end: azureml-core may still
     send what a test's run queued after that test (a run whose tracking went off is never flushed)."""
     pytest.importorskip("azureml.core")
     from werkzeug.serving import make_server

@@ -1,6 +1,6 @@
 """`make submit COMPUTE=local`: run the job a dry run printed, with Docker, the way AmlCompute runs it.
 
-    python3 azure/local_run.py PLAN.json      # PLAN.json: `submit.py run --dry-run` (SDK v1 or v2)
+    python3 rehearsal/local_run.py PLAN.json      # PLAN.json: `submit.py run --dry-run` (SDK v1 or v2)
 
 Reads the job only from the SDK's own serialization in PLAN.json (v1 runConfiguration, v2 command
 job), never from make's variables: the image by digest, pulled from its registry; the snapshot
@@ -13,7 +13,7 @@ with MASTER_ADDR, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK. When the job ends,
 0's ./outputs is copied out, as Azure ML uploads it.
 
 By default the job starts as Azure ML's Common Runtime starts it (docs/runtime.md, "How Azure ML may start it"):
-a stand-in execution-wrapper (azure/execution-wrapper.sh, not python, not the image's ENTRYPOINT) is PID 1 at
+a stand-in execution-wrapper (rehearsal/execution-wrapper.sh, not python, not the image's ENTRYPOINT) is PID 1 at
 /mnt/azureml/cr/j/<run id>/cap/lifecycler/wd/execution-wrapper and starts the command as root in
 /mnt/azureml/cr/j/<run id>/exe/wd, a root-owned folder whose ./outputs the platform made. Other ways, as settings:
   LOCAL_START=wrapper (default); entrypoint: the image's entrypoint gets the command; bypass: the interpreter
@@ -33,7 +33,7 @@ a stand-in execution-wrapper (azure/execution-wrapper.sh, not python, not the im
 Also: LOCAL_DATASTORE (default .): the host folder that stands for the datastores, so DATA_PATH=data
 mounts ./data; OUTPUTS_DIR (default ./outputs): the run's ./outputs lands in OUTPUTS_DIR/local-<run id>/,
 owned by OUTPUTS_DIR's owner, like a downloaded run. The trackers' services are a local stand-in
-(azure/standin.py, in IMAGE_MLFLOW): what they received lands in the run's outputs as tracker.json.
+(rehearsal/standin.py, in IMAGE_MLFLOW): what they received lands in the run's outputs as tracker.json.
 Standard library only: it runs on the host, beside Docker. Timings go to stderr.
 """
 

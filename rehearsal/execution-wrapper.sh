@@ -2,7 +2,7 @@
 # A stand-in for Azure ML Common Runtime's execution-wrapper, the job container's PID 1 in place of the image's
 # ENTRYPOINT (its path, /mnt/azureml/cr/j/<job>/cap/lifecycler/wd/execution-wrapper, is quoted in the runc errors
 # of github.com/Azure/azure-sdk-for-python/issues/34501 and github.com/getindata/kedro-azureml/issues/87).
-# azure/local_run.py copies it there and starts the container with it; it is not python, as Azure's is not.
+# rehearsal/local_run.py copies it there and starts the container with it; it is not python, as Azure's is not.
 #
 #   execution-wrapper forward|kill GRACE_SECONDS WORKING_DIR COMMAND...
 #

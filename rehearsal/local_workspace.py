@@ -1,7 +1,7 @@
 """The workspace side of `make submit COMPUTE=local`: what Azure ML keeps between runs, kept here.
 
-    python3 azure/local_workspace.py register PLAN.json   # the plan's Environment, as Azure ML registers it
-    python3 azure/local_workspace.py upload-data          # ./data into the local datastore (make upload-data)
+    python3 rehearsal/local_workspace.py register PLAN.json   # the plan's Environment, as Azure ML registers it
+    python3 rehearsal/local_workspace.py upload-data          # ./data into the local datastore (make upload-data)
 
 Environments: name, version and definition, in .azureml/local-environments.json (beside the
 workspace's config.json: this rehearsal's workspace), across runs. Azure ML refuses a changed
@@ -20,7 +20,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import aml
+# The rehearsal's one import from azure/: the job description (the data path the submit side uses).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "azure"))
+import aml  # noqa: E402
 
 
 class LocalWorkspaceError(Exception):

@@ -22,7 +22,7 @@ v2: Azure ML's MLflow endpoint is played by MLflow's own tracking server (the ci
 mlflow 3.15.0, as its ENTRYPOINT runs it) with the job's run made before the job starts, as Azure ML
 does; record() reads what arrived through MLflow's REST API.
 
-The functions above the service run on the host with the standard library only (azure/local_run.py
+The functions above the service run on the host with the standard library only (rehearsal/local_run.py
 starts and stops the stand-in with them); Flask is imported only by the service.
 """
 

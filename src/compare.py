@@ -1,6 +1,6 @@
 """`make compare A=DIR B=DIR`: two runs' output folders side by side, and whether they are the same run.
 
-    python3 azure/compare.py A B     # each a run's output folder: summary.json and metrics.jsonl
+    python3 src/compare.py A B     # each a run's output folder: summary.json and metrics.jsonl
 
 A laptop run, a `COMPUTE=local` run or an Azure ML run downloaded from Studio (its outputs/ folder).
 Prints the image, code and package fingerprints (each the same or not), the CPUs and the settings that
@@ -16,8 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from cli import RECIPE  # noqa: E402  (the trainer's own list; cli imports no torch)
+from cli import RECIPE  # the trainer's own list (cli imports no torch); src/ is this script's folder
 
 WIDTH = 34  # one column per run
 EPOCH_LOSS = "train/epoch_loss"  # the trainer logs it every epoch, beside the tutorial's `loss`
