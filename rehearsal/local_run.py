@@ -15,7 +15,8 @@ with MASTER_ADDR, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK. When the job ends,
 By default the job starts as Azure ML's Common Runtime starts it (docs/runtime.md, "How Azure ML may start it"):
 a stand-in execution-wrapper (rehearsal/execution-wrapper.sh, not python, not the image's ENTRYPOINT) is PID 1 at
 /mnt/azureml/cr/j/<run id>/cap/lifecycler/wd/execution-wrapper and starts the command as root in
-/mnt/azureml/cr/j/<run id>/exe/wd, a root-owned folder whose ./outputs the platform made. Other ways, as settings:
+/mnt/azureml/cr/j/<run id>/exe/wd, a root-owned folder whose ./outputs the platform made. The other ways are the
+tests' parameters (tests/e2e/test_submit_local.py runs each; a user needs none of them), one variable for each:
   LOCAL_START=wrapper (default); entrypoint: the image's entrypoint gets the command; bypass: the interpreter
     is the entrypoint; exec: the container starts with no command (the entrypoint idles) and each rank is
     `docker exec`ed into it.
