@@ -89,7 +89,7 @@ def assert_ran_with(config, args):
             assert str(config[key]) == str(value), (key, config[key], value)
 
 
-# Issue 17: the matrix (SDK x nodes x ranks per node x LOCAL_USER x LOCAL_START x LOCAL_OUTPUTS) is covered
+# The matrix (SDK x nodes x ranks per node x LOCAL_USER x LOCAL_START x LOCAL_OUTPUTS) is covered
 # pairwise, not in full: user, start, shape and SDK follow an L9 orthogonal array (any two settings meet in
 # some case), ./outputs is spread over it. Last: the uid that wrote ./outputs (UID: the entrypoint dropped
 # to the owner of the host's folder; 0: root kept; 9000: the uid the job was started as).
