@@ -165,13 +165,21 @@ def credential(mode):
         ServicePrincipalAuthentication,
     )
 
-    mode = aml.login_mode(mode, Path.home() / ".azure" / "azureProfile.json")
+    folder = Path.home() / ".azure"  # mounted from the host (compose.yaml): what outlives the container
+    mode = aml.login_mode(mode, folder / "azureProfile.json")
     if mode == "sp":
         return ServicePrincipalAuthentication(*(os.environ[v] for v in aml.SP_VARS))
     if mode == "msi":
         return MsiAuthentication()
-    # Without a browser (in a container) azureml-core falls back to a device code; the token
-    # is cached in ~/.azure, so later steps do not ask again.
+    # Without a browser (in a container) azureml-core falls back to a device code, and keeps the login (the
+    # msal token cache and azureProfile.json) in AZUREML_AUTH_CONFIG_DIR, else ~/.azureml/auth: the container's
+    # tmpfs, lost before make submit's second container (azureml/_vendor/azure_cli_core/_environment.py,
+    # get_config_dir). The Azure CLI's folder, not one of our own: azureml-core looks there for an `az login`
+    # (InteractiveLoginAuthentication._fallback_to_azure_cli_credential), and when it finds none, its restore
+    # line names an undefined variable, so a set AZUREML_AUTH_CONFIG_DIR is left at that folder and the
+    # device-code login that follows is written there whatever the variable said.
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["AZUREML_AUTH_CONFIG_DIR"] = str(folder)
     return InteractiveLoginAuthentication(tenant_id=os.environ.get("AZURE_TENANT_ID"))
 
 

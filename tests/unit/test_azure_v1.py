@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("azureml.core", reason="SDK v1 tests run in the training image")
 
+import fake_aad  # noqa: E402
 import fake_arm  # noqa: E402
 
 import aml  # noqa: E402
@@ -256,6 +257,7 @@ def test_interactive_login_with_service_principal_variables_gets_a_registry_toke
         monkeypatch.setenv(f"AZUREML_SERVICE_PRINCIPAL_{var}", value)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("AML_TERMINAL", "1")
+    monkeypatch.setenv("AZUREML_AUTH_CONFIG_DIR", "")  # credential() sets it: undone after the test
     asked = []
 
     class Credential:  # the network edge: azure-identity's token call
@@ -269,6 +271,29 @@ def test_interactive_login_with_service_principal_variables_gets_a_registry_toke
     assert isinstance(auth._ambient_auth, ServicePrincipalAuthentication)
     assert aml_v1.token(auth, aml.REGISTRY_SCOPE) == "aad-token"
     assert asked == [aml.REGISTRY_SCOPE]
+
+
+ADAPTER = "aml_v1"
+# The scopes make submit's first container asks the login for (submit.py prepare: ARM, then the registry's for the
+# ACR exchange), and its second's (submit.py run: ARM).
+PREPARE = (aml.ARM_SCOPE, aml.REGISTRY_SCOPE)
+RUN = (aml.ARM_SCOPE,)
+MOUNTS = (".azure",)  # compose.yaml's submit service: ${AZURE_CONFIG_DIR:-~/.azure} at /tmp/.azure (HOME=/tmp)
+
+
+def test_one_device_code_per_make_submit_and_none_at_the_next(tmp_path):
+    """azureml-core's own device-code login (msal, the vendored Azure CLI profile), in processes that each
+    lose their HOME but the mounted ~/.azure: the first container signs in once, the second and a later
+    make submit's find the login in the mounted folder. azureml-core's default folder, ~/.azureml/auth, is
+    the container's tmpfs: there, the second container asks for another device code."""
+    azure = tmp_path / "host-azure"
+    azure.mkdir()
+    first = fake_aad.in_a_container(tmp_path, azure, MOUNTS, ADAPTER, PREPARE)
+    assert first.count("devicecode") == 1
+    for scopes in (RUN, PREPARE):
+        again = fake_aad.in_a_container(tmp_path, azure, MOUNTS, ADAPTER, scopes)
+        assert "devicecode" not in again and not any(call.startswith("token:urn") for call in again), again
+    assert (azure / "msal_token_cache.json").is_file()  # msal-extensions' plain file on Linux (no encryption)
 
 
 def test_a_registry_other_than_the_workspaces_needs_a_pulling_identity(source, capsys, monkeypatch):

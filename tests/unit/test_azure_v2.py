@@ -6,6 +6,7 @@ import pytest
 
 pytest.importorskip("azure.ai.ml", reason="SDK v2 tests run in the submit-v2 image")
 
+import fake_aad  # noqa: E402
 import fake_arm  # noqa: E402
 
 import aml  # noqa: E402
@@ -167,6 +168,36 @@ def test_v2_a_registry_other_than_the_workspaces_needs_a_connection(source, tmp_
         name="other-acr", type="container_registry", target="https://other.registry.example", credentials=credentials
     )
     aml_v2.check_registry(client, job)
+
+
+ADAPTER = "aml_v2"
+# The scopes make submit's first container asks the login for (submit.py prepare: ARM, then the registry's for the
+# ACR exchange), and its second's (submit.py run: ARM).
+PREPARE = (aml.ARM_SCOPE, aml.REGISTRY_SCOPE)
+RUN = (aml.ARM_SCOPE,)
+# compose.yaml's submit-v2 service mounts ${AZURE_CONFIG_DIR:-~/.azure} at both (HOME=/tmp): the account record
+# in ~/.azure, azure-identity's cache in ~/.IdentityService (azure/identity/_persistent_cache.py, _get_persistence)
+MOUNTS = (".azure", ".IdentityService")
+
+
+@pytest.mark.parametrize("mounts", [MOUNTS, MOUNTS[:1]], ids=["as-compose-mounts", "without-identityservice"])
+def test_v2_one_device_code_per_make_submit_and_none_at_the_next(tmp_path, mounts):
+    """azure-identity's DeviceCodeCredential with a persistent cache (msal-extensions' plain file where no
+    keyring is, allow_unencrypted_storage) and the AuthenticationRecord it returned, saved and passed back, in
+    processes that each lose their HOME but the mounted folders: one device code, then none. Without the
+    ~/.IdentityService mount the cache is lost and the second container asks again."""
+    azure = tmp_path / "host-azure"
+    azure.mkdir()
+    first = fake_aad.in_a_container(tmp_path, azure, mounts, ADAPTER, PREPARE)
+    assert first.count("devicecode") == 1
+    asked = []
+    for scopes in (RUN, PREPARE):
+        asked += fake_aad.in_a_container(tmp_path, azure, mounts, ADAPTER, scopes)
+    if mounts == MOUNTS:
+        assert "devicecode" not in asked and "token:urn:ietf:params:oauth:grant-type:device_code" not in asked
+        assert {p.name for p in azure.iterdir()} == {"azure-ai-ml-account.json", "cifar10-trainer.nocae"}
+    else:
+        assert asked.count("devicecode") == 2
 
 
 def test_v2_upload_data_is_a_uri_folder_data_asset_and_says_where_it_landed(source, tmp_path, monkeypatch, capsys):
