@@ -34,8 +34,10 @@ import torch
 from errors import TrainerError
 
 SMALL_BATCH = 32  # per process; below this, one thread
-NVIDIA_NODES = ("/dev/nvidiactl", "/dev/nvidia0")  # what the NVIDIA container runtime passes in
-DRIVER_VERSION = "/proc/driver/nvidia/version"  # the host driver's, also readable in a container
+DEV = "/dev"  # where the NVIDIA container runtime puts a GPU's nodes: nvidiactl, nvidia0, nvidia-uvm
+DRIVER_VERSION = "/proc/driver/nvidia/version"  # the host driver's, readable in a container given no GPU too
+# The oldest Linux driver each CUDA major runs on (NVIDIA, "CUDA Compatibility", minor version compatibility).
+MIN_DRIVER = {"12": 525, "13": 580}
 # The pins (docker/Dockerfile sets them): ATen's and oneDNN's kernels capped at AVX2, MKL on its code path for
 # "Intel and Intel-compatible" CPUs. With them every AVX2 CPU, Intel or AMD, AVX2 or AVX-512, computes the
 # same bits; ATen's AVX2 pin on a CPU without AVX2 would die at the first kernel (SIGILL).
@@ -89,12 +91,9 @@ def setup_device(args, ddp):
         raise TrainerError(NUMERICS.error)
     if NUMERICS.warning and ddp.main:
         print(f"warning: {NUMERICS.warning}", file=sys.stderr)
-    unusable = unusable_gpu(args.device)
-    if unusable and ddp.main:
-        print(f"warning: {unusable}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise TrainerError("--device cuda but no CUDA device is visible: use --device cpu or auto")
-    name = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    name, warning = choose_device(args.device)
+    if warning and ddp.main:
+        print(f"warning: {warning}")
     if ddp.on and name == "cuda":
         name = f"cuda:{ddp.local_rank}"
         torch.cuda.set_device(name)
@@ -118,22 +117,81 @@ def cuda_versions(driver_file=DRIVER_VERSION):
     return found
 
 
-def unusable_gpu(requested, nodes=NVIDIA_NODES):
-    """Why an NVIDIA GPU that is present cannot be used by this torch (say, a driver older than its
-    CUDA wants), so that --device auto never falls back to the CPU without a word; else None."""
-    if requested != "auto" or not any(Path(n).exists() for n in nodes) or torch.cuda.is_available():
+def choose_device(requested, environ=os.environ):
+    """("cuda" or "cpu", a warning or None) for --device. A GPU torch sees but has no kernels for stops the run
+    (--device auto means the GPU torch sees); one torch cannot see (an old driver) stops --device cuda, and
+    --device auto inside an Azure ML job, which asked for a GPU VM; elsewhere auto trains on the CPU and says why.
+    --device cpu is the user's choice everywhere: CUDA is never asked."""
+    if requested == "cpu":
+        return "cpu", None
+    if torch.cuda.is_available():
+        no_kernels = gpu_without_kernels()
+        if no_kernels:
+            raise TrainerError(no_kernels)
+        return "cuda", None
+    hidden = hidden_gpu()
+    if requested == "cuda":
+        raise TrainerError(hidden or "--device cuda but no CUDA device is visible: use --device cpu or auto")
+    if hidden and environ.get("AZUREML_RUN_ID"):
+        raise TrainerError(f"{hidden} (in an Azure ML job, --device auto does not fall back to the CPU)")
+    return "cpu", (f"{hidden} (--device auto: training on the CPU)" if hidden else None)
+
+
+def runs_on(arch, capability):
+    """Whether code torch was built with (an entry of torch.cuda.get_arch_list()) runs on a GPU of this
+    (major, minor) capability. CUDA C++ Programming Guide, "Binary Compatibility": a cubin for X.y runs on X.z,
+    z >= y ("sm_90a": on 9.0 only); PTX ("compute_XY") is compiled by the driver for any later GPU."""
+    kind, _, number = arch.partition("_")
+    built = (int(number.rstrip("af")) // 10, int(number.rstrip("af")) % 10)
+    if kind == "compute":
+        return capability >= built
+    if number.endswith("a"):
+        return capability == built
+    return capability[0] == built[0] and capability[1] >= built[1]
+
+
+def gpu_without_kernels():
+    """Why a GPU torch sees cannot run this torch's kernels (a V100, sm_70, under the CUDA 13 build), or None.
+    Unchecked, the first kernel fails with "no kernel image is available for execution on the device"."""
+    arches = torch.cuda.get_arch_list()
+    for index in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(index)
+        if arches and not any(runs_on(arch, (major, minor)) for arch in arches):
+            return (
+                f"GPU {index} is {torch.cuda.get_device_name(index)}, compute capability {major}.{minor} "
+                f"(sm_{major}{minor}), and torch {torch.__version__} has kernels for {' '.join(arches)} only: "
+                f"choose a VM size with a newer GPU (docs/runtime.md, 'GPUs') or pass --device cpu"
+            )
+    return None
+
+
+def hidden_gpu():
+    """Why an NVIDIA GPU that is here (a /dev/nvidia* node, or the driver's version file) is one torch does not
+    see, so that no run falls back to the CPU without a word; None where there is no NVIDIA GPU."""
+    nodes = sorted(Path(DEV).glob("nvidia*"))
+    if not nodes and not Path(DRIVER_VERSION).exists():
         return None
+    driver = cuda_versions(DRIVER_VERSION).get("nvidia_driver")
+    cuda = torch.version.cuda
+    if not nodes:
+        return (
+            f"an NVIDIA driver ({driver or 'version unknown'}) is loaded on this machine but no GPU was passed into "
+            f"this container (no {DEV}/nvidia*): start it with the GPUs (docker run --gpus all) or pass --device cpu"
+        )
+    need = MIN_DRIVER.get(cuda.split(".")[0]) if cuda else None
+    if need and driver and int(driver.split(".")[0]) < need:
+        return (
+            f"the NVIDIA driver here is {driver}, and torch {torch.__version__} is built for CUDA {cuda}, which "
+            f"needs driver {need} or newer: update the host's NVIDIA driver, or pass --device cpu"
+        )
     try:
         torch.cuda.init()
         reason = "torch sees no CUDA device"
-    except Exception as e:  # torch says why: "The NVIDIA driver on your system is too old ..."
+    except Exception as e:  # torch says why: "Torch not compiled with CUDA enabled", "no CUDA-capable device ..."
         reason = " ".join(str(e).split())[:200]
-    found = cuda_versions()
-    driver = f"driver {found['nvidia_driver']}" if "nvidia_driver" in found else "no driver version found"
     return (
-        f"an NVIDIA GPU is here but torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use it "
-        f"({reason}; {driver}): training on the CPU; give the machine a driver for CUDA {torch.version.cuda}, "
-        f"or pass --device cpu"
+        f"an NVIDIA GPU is here but torch {torch.__version__} (CUDA {cuda}) cannot use it ({reason}; "
+        f"driver {driver or 'unknown'}): give the machine a driver for CUDA {cuda}, or pass --device cpu"
     )
 
 

@@ -58,18 +58,168 @@ def test_the_real_environment_has_a_fingerprint():
     assert len(packages_fingerprint()) == 16
 
 
-def test_a_gpu_that_torch_cannot_use_is_said_in_one_line_not_skipped_silently(tmp_path, capsys):
-    """An NVIDIA device node but no usable CUDA (here: no GPU at all; on Azure: a driver older than
-    CUDA 13 wants). --device auto then trains on the CPU, and says why."""
-    if torch.cuda.is_available():
-        pytest.skip("this machine's CUDA works")
-    node = tmp_path / "nvidia0"
-    node.write_text("")
-    why = device.unusable_gpu("auto", nodes=(str(node),))
-    assert why.startswith(f"an NVIDIA GPU is here but torch {torch.__version__} (CUDA {torch.version.cuda})")
-    assert "training on the CPU" in why and "--device cpu" in why and "\n" not in why
-    assert device.unusable_gpu("cpu", nodes=(str(node),)) is None  # asked for the CPU: nothing to say
-    assert device.unusable_gpu("auto", nodes=(str(tmp_path / "absent"),)) is None  # no GPU: nothing to say
+ARCHES = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.14.1+cu130's get_arch_list()
+TOO_OLD = "The NVIDIA driver on your system is too old (found version 12040). Please update your GPU driver"
+
+
+@pytest.fixture
+def machine(tmp_path, monkeypatch):
+    """No NVIDIA GPU and no Azure ML job until a test adds them: /dev and the driver's file live in tmp_path."""
+    (tmp_path / "dev").mkdir()
+    monkeypatch.setattr(device, "DEV", str(tmp_path / "dev"))
+    monkeypatch.setattr(device, "DRIVER_VERSION", str(tmp_path / "version"))
+    monkeypatch.delenv("AZUREML_RUN_ID", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)  # where a run that got past the device check would write
+    return tmp_path
+
+
+def sees(monkeypatch, name, capability, arches=ARCHES):
+    """torch.cuda describing one GPU it sees, as the CUDA 13 build of torch does on that GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: name)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: arches)
+
+
+def old_driver(machine, monkeypatch, version="550.54.15"):
+    """A GPU passed into the container (its nodes) whose host driver is older than CUDA 13 needs."""
+    for node in ("nvidiactl", "nvidia0", "nvidia-uvm"):
+        (machine / "dev" / node).write_text("")
+    (machine / "version").write_text(f"NVRM version: NVIDIA UNIX x86_64 Kernel Module  {version}  Thu Feb 22 2024\n")
+
+    def init():
+        raise RuntimeError(TOO_OLD)
+
+    monkeypatch.setattr(torch.cuda, "init", init)
+
+
+def run_main(argv, capsys):
+    """The trainer's own entry point: (exit status, stdout, stderr)."""
+    import train
+
+    code = train.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_images_torch_has_no_kernels_for_a_v100():
+    """What the rest of these tests assume of the image's torch (docs/runtime.md, 'GPUs')."""
+    if not torch.version.cuda:
+        pytest.skip("a CPU-only torch")
+    assert "sm_75" in torch.cuda.get_arch_list()
+    assert not any(device.runs_on(arch, (7, 0)) for arch in torch.cuda.get_arch_list())
+
+
+@pytest.mark.parametrize("flag", ["auto", "cuda"])
+@pytest.mark.parametrize("azure", [False, True])
+def test_a_v100_is_one_error_line_naming_gpu_capability_arches_and_fix(machine, monkeypatch, capsys, flag, azure):
+    """Not a crash at the first kernel ("no kernel image is available"): torch sees the GPU, so auto means it."""
+    if azure:
+        monkeypatch.setenv("AZUREML_RUN_ID", "job_1")
+    sees(monkeypatch, "Tesla V100-PCIE-16GB", (7, 0))
+    code, out, err = run_main(["--device", flag], capsys)
+    assert code == 1 and out == ""
+    assert err == (
+        "error: GPU 0 is Tesla V100-PCIE-16GB, compute capability 7.0 (sm_70), and torch "
+        f"{torch.__version__} has kernels for sm_75 sm_80 sm_86 sm_90 sm_100 sm_120 only: choose a VM size with "
+        "a newer GPU (docs/runtime.md, 'GPUs') or pass --device cpu\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "capability"),
+    [("Tesla T4", (7, 5)), ("NVIDIA A10-4Q", (8, 6)), ("NVIDIA A100 80GB PCIe", (8, 0)), ("NVIDIA L4", (8, 9)),
+     ("NVIDIA H100 NVL", (9, 0)), ("NVIDIA H200", (9, 0))],
+)  # fmt: skip
+def test_a_gpu_this_torch_has_kernels_for_is_used(machine, monkeypatch, name, capability):
+    monkeypatch.setenv("AZUREML_RUN_ID", "job_1")
+    sees(monkeypatch, name, capability)
+    assert device.choose_device("auto") == ("cuda", None)
+
+
+@pytest.mark.parametrize(
+    ("arch", "capability", "runs"),
+    [
+        ("sm_86", (8, 9), True),  # a cubin runs on later minors of its major
+        ("sm_80", (9, 0), False),  # not on another major
+        ("sm_75", (7, 0), False),  # nor on an earlier minor
+        ("compute_80", (9, 0), True),  # PTX: the driver compiles it for any later GPU
+        ("compute_75", (7, 0), False),
+        ("sm_90a", (9, 0), True),  # "a": that chip only
+        ("sm_90a", (10, 0), False),
+        ("sm_120", (12, 1), True),
+    ],
+)
+def test_which_arch_runs_on_which_capability(arch, capability, runs):
+    assert device.runs_on(arch, capability) is runs
+
+
+def test_a_v100_runs_where_torch_carries_ptx_it_can_compile(machine, monkeypatch):
+    sees(monkeypatch, "Tesla V100-SXM2-32GB", (7, 0), arches=["sm_70", "compute_70"])  # the CUDA 12.6 build
+    assert device.choose_device("auto") == ("cuda", None)
+    sees(monkeypatch, "Tesla V100-SXM2-32GB", (7, 0), arches=["sm_60", "compute_60"])
+    assert device.choose_device("auto") == ("cuda", None)
+
+
+def test_an_old_driver_in_an_azure_ml_job_is_one_error_line_not_a_cpu_run(machine, monkeypatch, capsys):
+    """Azure ML's job then trains on the CPU for hours and ends "Completed" on a GPU VM it pays for."""
+    monkeypatch.setenv("AZUREML_RUN_ID", "job_1")
+    old_driver(machine, monkeypatch)
+    code, out, err = run_main(["--device", "auto"], capsys)
+    assert code == 1 and out == ""
+    assert err == (
+        f"error: the NVIDIA driver here is 550.54.15, and torch {torch.__version__} is built for CUDA "
+        f"{torch.version.cuda}, which needs driver {device.MIN_DRIVER[torch.version.cuda.split('.')[0]]} or newer: "
+        "update the host's NVIDIA driver, or pass --device cpu (in an Azure ML job, --device auto does not fall "
+        "back to the CPU)\n"
+    )
+
+
+def test_an_old_driver_with_device_cuda_is_the_same_line_anywhere(machine, monkeypatch):
+    old_driver(machine, monkeypatch)
+    with pytest.raises(device.TrainerError, match=r"^the NVIDIA driver here is 550\.54\.15, .*--device cpu$"):
+        device.choose_device("cuda")
+
+
+def test_an_old_driver_outside_azure_trains_on_the_cpu_and_says_why_in_one_line(machine, monkeypatch):
+    old_driver(machine, monkeypatch)
+    name, warning = device.choose_device("auto")
+    assert name == "cpu" and "\n" not in warning
+    assert warning.startswith("the NVIDIA driver here is 550.54.15") and warning.endswith("training on the CPU)")
+
+
+def test_a_driver_that_is_new_enough_gives_torchs_own_reason(machine, monkeypatch):
+    old_driver(machine, monkeypatch, version="580.95.05")
+    name, warning = device.choose_device("auto")
+    assert name == "cpu" and f"({TOO_OLD}; driver 580.95.05)" in warning
+
+
+def test_a_driver_but_no_gpu_passed_into_the_container_stops_an_azure_ml_job(machine, monkeypatch):
+    (machine / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.95.05  Tue Sep 23 2025\n")
+    assert device.choose_device("auto")[1].startswith("an NVIDIA driver (580.95.05) is loaded on this machine")
+    monkeypatch.setenv("AZUREML_RUN_ID", "job_1")
+    with pytest.raises(device.TrainerError, match="no GPU was passed into this container"):
+        device.choose_device("auto")
+
+
+def test_device_cpu_is_the_users_choice_even_in_an_azure_ml_job_and_asks_cuda_nothing(machine, monkeypatch):
+    monkeypatch.setenv("AZUREML_RUN_ID", "job_1")
+    old_driver(machine, monkeypatch)
+
+    def never():
+        raise AssertionError("CUDA asked")
+
+    monkeypatch.setattr(torch.cuda, "is_available", never)
+    assert device.choose_device("cpu") == ("cpu", None)
+
+
+def test_no_nvidia_gpu_at_all_is_the_cpu_without_a_word(machine, monkeypatch):
+    monkeypatch.setenv("AZUREML_RUN_ID", "job_1")  # a CPU VM size
+    assert device.choose_device("auto") == ("cpu", None)
+    with pytest.raises(device.TrainerError, match="^--device cuda but no CUDA device is visible"):
+        device.choose_device("cuda")
 
 
 def test_the_driver_version_is_read_as_nvidia_writes_it(tmp_path):
