@@ -132,7 +132,9 @@ def choose_device(requested, environ=os.environ):
     hidden = hidden_gpu()
     if requested == "cuda":
         raise TrainerError(hidden or "--device cuda but no CUDA device is visible: use --device cpu or auto")
-    if hidden and environ.get("AZUREML_RUN_ID"):
+    # A GPU VM's job gets the device nodes; a driver without them is a CPU job on a GPU host (such as
+    # `make submit COMPUTE=local` on a laptop with an NVIDIA driver): that one may train on the CPU.
+    if hidden and environ.get("AZUREML_RUN_ID") and any(Path(DEV).glob("nvidia*")):
         raise TrainerError(f"{hidden} (in an Azure ML job, --device auto does not fall back to the CPU)")
     return "cpu", (f"{hidden} (--device auto: training on the CPU)" if hidden else None)
 

@@ -196,12 +196,16 @@ def test_a_driver_that_is_new_enough_gives_torchs_own_reason(machine, monkeypatc
     assert name == "cpu" and f"({TOO_OLD}; driver 580.95.05)" in warning
 
 
-def test_a_driver_but_no_gpu_passed_into_the_container_stops_an_azure_ml_job(machine, monkeypatch):
+def test_a_driver_but_no_gpu_passed_into_the_container_is_a_cpu_job_on_a_gpu_host(machine, monkeypatch):
+    """A GPU VM's job gets the device nodes; without them (a rehearsal on a laptop with an NVIDIA driver) the
+    job is a CPU job: it says so and trains, in an Azure ML job too. --device cuda still stops."""
     (machine / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.95.05  Tue Sep 23 2025\n")
     assert device.choose_device("auto")[1].startswith("an NVIDIA driver (580.95.05) is loaded on this machine")
     monkeypatch.setenv("AZUREML_RUN_ID", "job_1")
+    name, warning = device.choose_device("auto")
+    assert name == "cpu" and "no GPU was passed into this container" in warning
     with pytest.raises(device.TrainerError, match="no GPU was passed into this container"):
-        device.choose_device("auto")
+        device.choose_device("cuda")
 
 
 def test_device_cpu_is_the_users_choice_even_in_an_azure_ml_job_and_asks_cuda_nothing(machine, monkeypatch):
