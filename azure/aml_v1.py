@@ -228,9 +228,33 @@ def compute(ws, intent):  # network
         return target
 
 
-def upload(ws, folder, target):  # network
-    """As the tutorial's part 4 does: the folder's files under target on the default datastore."""
-    ws.get_default_datastore().upload(src_dir=str(folder), target_path=target, overwrite=True, show_progress=True)
+def upload_call():
+    """Dataset.File.upload_directory, not the tutorial's datastore.upload: that one signs with the datastore's
+    account key or SAS ("the datastore object must have either account key or SAS token property populated",
+    azureml/data/azure_storage_datastore.py, upload), so it fails on an identity-based datastore and on storage
+    that refuses shared keys. upload_directory hands the datastore's azureml:// URI to rslex, which resolves
+    it through the workspace with this login (azureml/data/dataset_factory.py, _upload_directory): for an
+    identity-based datastore, "Azure Machine Learning prompts you for your Microsoft Entra token for data access
+    authentication" (learn.microsoft.com/azure/machine-learning/v1/how-to-identity-based-data-access).
+    datastore.upload's deprecation notice names it."""
+    from azureml.core import Dataset
+
+    return Dataset.File.upload_directory
+
+
+def upload_plan(folder, datastore, target):
+    """What upload() calls, with what, as `make upload-data DRY_RUN=1` prints it (the rehearsal checks it)."""
+    call = upload_call()
+    where = {"datastore": datastore or "(the workspace's default)", "path": target}
+    return {"call": f"{call.__module__}.{call.__qualname__}", "src_dir": str(folder), "target": where}
+
+
+def upload(ws, folder, datastore, target):  # network
+    """The folder's files under target on DATASTORE (unset: the default datastore, as the tutorial's part 4)."""
+    from azureml.core import Datastore
+
+    store = Datastore.get(ws, datastore) if datastore else ws.get_default_datastore()
+    upload_call()(src_dir=str(folder), target=(store, target), overwrite=True, show_progress=True)
 
 
 def submit(ws, job, intent, wait):  # network

@@ -142,15 +142,33 @@ def compute(client, intent):  # network
         return client.compute.begin_create_or_update(compute_config(intent)).result()
 
 
-def upload(client, folder, target):  # network
-    """SDK v2 has no upload to a chosen datastore path: a uri_folder data asset with a local path is
-    uploaded to the default datastore by create_or_update (how-to-create-data-assets). Its folder there,
-    not `target`, is what DATA_PATH must name; it is printed."""
+def data_asset(folder, datastore):
+    """The uri_folder data asset of a local folder: create_or_update uploads it to `datastore` (None: the
+    default) under a folder of its own, LocalUpload/<hash>/ (how-to-create-data-assets)."""
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Data
 
-    asset = client.data.create_or_update(Data(name="cifar10", path=str(folder), type=AssetTypes.URI_FOLDER))
-    print(f"data asset {asset.name}:{asset.version} at {asset.path}: DATA_PATH={asset.path.split('/paths/', 1)[-1]}")
+    return Data(name="cifar10", path=str(folder), type=AssetTypes.URI_FOLDER, datastore=datastore)
+
+
+def upload_plan(folder, datastore, target):
+    """What upload() calls, with what, as `make upload-data DRY_RUN=1` prints it (the rehearsal checks it).
+    SDK v2 has no upload to a chosen datastore path: `target` is not used."""
+    from azure.ai.ml.operations import DataOperations
+
+    call = DataOperations.create_or_update
+    return {"call": f"{call.__module__}.{call.__qualname__}", "asset": dict(data_asset(folder, datastore)._to_dict())}
+
+
+def upload(client, folder, datastore, target):  # network
+    """The folder as a data asset. azure-ai-ml signs the blob uploads with the MLClient's credential (this
+    login) where the datastore is identity-based, or where the workspace will not list its secrets; else with a
+    SAS or key the workspace lists (azure/ai/ml/_artifacts/_artifact_utilities.py, get_datastore_info). Its
+    folder there, not `target`, is what DATA_PATH must name; it is printed."""
+    asset = client.data.create_or_update(data_asset(folder, datastore))
+    on_datastore = asset.path.split("/paths/", 1)[-1]
+    print(f"uploaded {folder}/ as data asset {asset.name}:{asset.version} at {asset.path}")
+    print(f"now: make submit DATA_PATH={on_datastore}")
 
 
 def submit(client, job, intent, wait):  # network

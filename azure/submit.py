@@ -396,17 +396,19 @@ def attach_registry(adapter, args):
 
 
 def upload_data(adapter, args):
-    """The tutorial's part 4 upload: ./data to the workspace's default datastore, at DATA_PATH."""
+    """The tutorial's part 4 upload: ./data to DATASTORE (unset: the workspace's default), at DATA_PATH (v1), with
+    this login's identity where the datastore is identity-based (adapter.upload). A dry run prints the call and
+    its arguments as JSON (the rehearsal's datastore checks them: rehearsal/local_workspace.py upload-data)."""
     target = (args.data_path or aml.DATA_TARGET).strip("/")
     if not DATA.is_dir() or not any(DATA.iterdir()):
         raise aml.SubmitError(f"./{DATA} is empty: put CIFAR-10 there first (`make train` downloads it)")
     if args.dry_run:
-        where = f"at {target}" if adapter.SDK == "v1" else "as data asset cifar10 (azure-ai-ml picks the folder)"
-        print(f"would upload ./{DATA} to the default datastore {where}")
+        print(json.dumps({"sdk": adapter.SDK, **adapter.upload_plan(DATA, args.datastore, target)}, indent=2))
         return 0
     ws = adapter.connect(aml.workspace_settings(args.config), adapter.credential(args.auth or "auto"))
-    adapter.upload(ws, DATA, target)
-    print(f"uploaded ./{DATA}; now: make submit DATA_PATH={target}")
+    adapter.upload(ws, DATA, args.datastore, target)
+    if adapter.SDK == "v1":  # v2's asset lands in a folder azure-ai-ml picks: aml_v2.upload printed it
+        print(f"uploaded ./{DATA}; now: make submit SDK=v1 DATA_PATH={target}")
     return 0
 
 

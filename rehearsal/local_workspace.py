@@ -1,7 +1,7 @@
 """The workspace side of `make submit COMPUTE=local`: what Azure ML keeps between runs, kept here.
 
     python3 rehearsal/local_workspace.py register PLAN.json   # the plan's Environment, as Azure ML registers it
-    python3 rehearsal/local_workspace.py upload-data          # ./data into the local datastore (make upload-data)
+    python3 rehearsal/local_workspace.py upload-data [PLAN]   # ./data into the local datastore (make upload-data)
 
 Environments: name, version and definition, in .azureml/local-environments.json (beside the
 workspace's config.json: this rehearsal's workspace), across runs. Azure ML refuses a changed
@@ -77,9 +77,34 @@ def named_inputs(plan):
     return mounts
 
 
-def upload_data():
+# The rehearsal's datastore is identity-based on storage that refuses shared keys, as a policy often requires:
+# "If false, then all requests, including shared access signatures, must be authorized with Azure Active
+# Directory" (allowSharedKeyAccess: learn.microsoft.com/dotnet/api/azure.provisioning.storage.storageaccount.
+# allowsharedkeyaccess; learn.microsoft.com/azure/storage/common/shared-key-authorization-prevent).
+# The SDK calls that upload with the login's identity there (azure/aml_v1.py, aml_v2.py: upload_call, upload);
+# datastore.upload and upload_files sign with the datastore's key or SAS (azureml/data/azure_storage_datastore.py).
+IDENTITY_UPLOADS = (
+    "azureml.data.dataset_factory.FileDatasetFactory.upload_directory",  # Dataset.File.upload_directory
+    "azure.ai.ml.operations._data_operations.DataOperations.create_or_update",  # a uri_folder data asset
+)
+
+
+def check_upload(plan):
+    """Refuse an upload plan (`submit.py upload-data --dry-run`: {"sdk", "call", ...}) whose call would sign with
+    a storage key, before anything is copied."""
+    if plan.get("call") not in IDENTITY_UPLOADS:
+        raise LocalWorkspaceError(
+            f"the datastore refuses shared-key access and {plan.get('call')} signs with the storage key or a SAS "
+            f"made from it: upload with Dataset.File.upload_directory (SDK v1) or a uri_folder data asset (SDK v2)"
+        )
+
+
+def upload_data(plan=None):
     """`make upload-data COMPUTE=local`: the data set in DATA_DIR (./data) copied to DATA_PATH (aml.DATA_TARGET)
-    in the datastore; a folder without one (a fresh clone's ./data holds .gitkeep) is refused."""
+    in the datastore; a folder without one (a fresh clone's ./data holds .gitkeep) is refused, and so is an
+    upload `plan` (what the SDK would call, as its dry run prints it) that would need a storage key."""
+    if plan is not None:
+        check_upload(plan)
     source = Path(os.environ.get("DATA_DIR") or "data")
     found = [source / name for name in CIFAR10 if (source / name).exists()]
     if not found:
@@ -102,8 +127,8 @@ def upload_data():
 def main(argv):
     if argv[:1] == ["register"] and len(argv) == 2:
         print(f"environment {register(json.loads(Path(argv[1]).read_text()))} registered", file=sys.stderr)
-    elif argv == ["upload-data"]:
-        upload_data()
+    elif argv[:1] == ["upload-data"] and len(argv) <= 2:
+        upload_data(json.loads(Path(argv[1]).read_text()) if len(argv) == 2 else None)
     else:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2

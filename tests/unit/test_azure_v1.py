@@ -350,23 +350,90 @@ def test_data_path_is_the_tutorials_part_4_experiment_unless_one_is_given(source
     assert dry_run(capsys, "--data-path", "datasets/cifar10")["experiment"] == "mine"
 
 
-def test_upload_data_is_the_tutorials_default_datastore_upload(source, config, monkeypatch, tmp_path, capsys):
-    from azureml.core import Workspace
+def rslex_upload(monkeypatch):
+    """Where Dataset.File.upload_directory leaves Python: rslex's Copier (the Rust engine that resolves the
+    datastore and writes the blobs), recorded with the locations it is given. [(destination, source, volume)]"""
+    import azureml.dataprep.rslex as rslex
+
+    copies = []
+
+    class Location:  # rslex.PyLocationInfo, readable
+        def __init__(self, kind, path, options):
+            self.where = path if kind == "uri" else f"{kind}:{path}"
+
+        @classmethod
+        def from_uri(cls, uri):
+            return cls("uri", uri, {})
+
+    class Copier:
+        def __init__(self, destination, source, if_exists):
+            self.copy = [destination.where, source, if_exists == rslex.PyIfDestinationExists.MERGE_WITH_OVERWRITE]
+
+        def copy_volume(self, volume, base, show_progress, *rest):
+            copies.append((*self.copy, volume.where))
+
+    monkeypatch.setattr(rslex, "PyLocationInfo", Location)
+    monkeypatch.setattr(rslex, "Copier", Copier)
+    return copies
+
+
+@pytest.mark.parametrize("datastore", ["", "cifarstore"], ids=["default-datastore", "DATASTORE"])
+def test_upload_data_signs_with_the_login_not_a_storage_key(source, config, monkeypatch, tmp_path, capsys, datastore):
+    """Part 4's upload through Dataset.File.upload_directory: the datastore's azureml:// URI goes to rslex, which
+    writes with the login's identity where the datastore is identity-based. datastore.upload (what the tutorial
+    calls) needs the datastore's account key or SAS, which an identity-based datastore does not hold."""
+    from azureml.core import Datastore, Workspace
     from azureml.data.azure_storage_datastore import AzureBlobDatastore
 
-    ws = Workspace("0", "rg", "ws", auth=aml_v1.NoLogin(), _disable_service_check=True)
-    default = AzureBlobDatastore(ws, "workspaceblobstore", "container", "account")
-    uploads = []
+    ws = Workspace("0000", "rg", "ws", auth=aml_v1.NoLogin(), _disable_service_check=True)
+    # Identity-based: no account key, no SAS (credential_type "None"), as a datastore on key-refusing storage is
+    stores = {name: AzureBlobDatastore(ws, name, "container", "account") for name in ("workspaceblobstore", datastore)}
+    assert stores["workspaceblobstore"].credential_type == "None"
     monkeypatch.setattr(aml_v1, "credential", lambda mode: aml_v1.NoLogin())
     monkeypatch.setattr(aml_v1, "connect", lambda settings, auth: ws)
-    monkeypatch.setattr(Workspace, "get_default_datastore", lambda self: default)  # the network edge: a GET
-    monkeypatch.setattr(AzureBlobDatastore, "upload", lambda self, **kw: uploads.append((self.name, kw)))  # blob PUTs
+    monkeypatch.setattr(Workspace, "get_default_datastore", lambda self: stores["workspaceblobstore"])  # a GET
+    monkeypatch.setattr(Datastore, "get", staticmethod(lambda ws, name: stores[name]))  # a GET
+
+    def key_signed(self, *args, **kwargs):
+        raise AssertionError("datastore.upload signs with the datastore's account key or SAS: this one has neither")
+
+    monkeypatch.setattr(AzureBlobDatastore, "upload", key_signed)
+    copies = rslex_upload(monkeypatch)
     data = tmp_path / "data"
     data.mkdir()
     (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
     monkeypatch.setattr(submit, "DATA", data)
+    monkeypatch.setenv("DATASTORE", datastore)
     assert submit.main(["upload-data", "--config", str(config)]) == 0
-    # part 4's call: datastore.upload(src_dir='./data', target_path='datasets/cifar10')
-    kw = {"src_dir": str(data), "target_path": "datasets/cifar10", "overwrite": True, "show_progress": True}
-    assert uploads == [("workspaceblobstore", kw)]
-    assert "make submit DATA_PATH=datasets/cifar10" in capsys.readouterr().out
+    uri = f"azureml://subscriptions/0000/resourcegroups/rg/workspaces/ws/datastores/{datastore or 'workspaceblobstore'}"
+    assert copies == [(f"{uri}/paths/datasets/cifar10", str(data), True, f"Local:{data}/")]
+    assert "now: make submit SDK=v1 DATA_PATH=datasets/cifar10" in capsys.readouterr().out
+
+
+def test_the_rehearsals_datastore_takes_the_upload_plan_and_refuses_a_key_signed_one(
+    source, monkeypatch, tmp_path, capsys
+):
+    """`make upload-data DRY_RUN=1` prints the SDK call and its arguments; the rehearsal's datastore, identity-based
+    on storage that refuses shared keys, copies after this plan and refuses datastore.upload's, copying nothing."""
+    from azureml.data.azure_storage_datastore import AzureBlobDatastore
+
+    data, store = tmp_path / "data", tmp_path / "datastore"
+    data.mkdir()
+    (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
+    monkeypatch.setattr(submit, "DATA", data)
+    monkeypatch.setenv("DATA_DIR", str(data))
+    monkeypatch.setenv("LOCAL_DATASTORE", str(store))
+    assert submit.main(["upload-data", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan == {
+        "sdk": "v1",
+        "call": "azureml.data.dataset_factory.FileDatasetFactory.upload_directory",
+        "src_dir": str(data),
+        "target": {"datastore": "(the workspace's default)", "path": "datasets/cifar10"},
+    }
+    keyed = {**plan, "call": f"{AzureBlobDatastore.upload.__module__}.{AzureBlobDatastore.upload.__qualname__}"}
+    with pytest.raises(local_workspace.LocalWorkspaceError, match="refuses shared-key access and azureml.data.azure"):
+        local_workspace.upload_data(keyed)
+    assert not store.exists()
+    local_workspace.upload_data(plan)
+    assert (store / "datasets" / "cifar10" / "cifar-10-python.tar.gz").is_file()

@@ -1,6 +1,8 @@
 """make submit SDK=v2 up to the network: the command job azure-ai-ml would send (runs in the submit-v2 image)."""
 
 import json
+import re
+import urllib.parse
 
 import pytest
 
@@ -200,22 +202,65 @@ def test_v2_one_device_code_per_make_submit_and_none_at_the_next(tmp_path, mount
         assert asked.count("devicecode") == 2
 
 
-def test_v2_upload_data_is_a_uri_folder_data_asset_and_says_where_it_landed(source, tmp_path, monkeypatch, capsys):
+WORKSPACE = "/subscriptions/0/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
+
+
+def answer_workspace_and_storage(monkeypatch, credentials_type):
+    """Azure ML's REST API and blob storage at requests' adapter, where azure-core's transport sends every call of
+    azure-ai-ml and azure-storage-blob: the datastore (identity-based with credentials_type "None", as on storage
+    that refuses shared keys), no data asset yet, blob writes answered 201/200, the asset version's PUT echoed.
+    Shapes: the REST API's Datastores_Get and DataVersions_CreateOrUpdate, Blob service's Put Blob and Set Blob
+    Metadata (learn.microsoft.com/rest/api/azureml, /rest/api/storageservices). [(method, URL, Authorization)]"""
+    import io
+
+    import requests
+
+    sent = []
+    datastore = {"datastoreType": "AzureBlob", "accountName": "account", "containerName": "container"}
+    datastore.update(endpoint="core.windows.net", protocol="https", isDefault=True)
+    datastore["credentials"] = {"credentialsType": credentials_type}
+
+    def reply(method, url, body):
+        path = urllib.parse.urlsplit(url).path
+        if method == "GET" and path == f"{WORKSPACE}/datastores/workspaceblobstore":
+            return 200, {"id": path, "name": "workspaceblobstore", "properties": datastore}
+        if method == "PUT" and path.startswith(f"{WORKSPACE}/data/cifar10/versions/"):
+            return 200, {**json.loads(body), "id": path, "name": path.rsplit("/", 1)[1]}
+        if urllib.parse.urlsplit(url).netloc == "account.blob.core.windows.net" and method == "PUT":
+            return (200 if "comp=metadata" in url else 201), None
+        return 404, {"error": {"code": "NotFound", "message": f"{method} {path}"}}
+
+    def send(adapter, request, **kwargs):
+        sent.append((request.method, request.url, request.headers.get("Authorization", "")))
+        status, reply_body = reply(request.method, request.url, request.body)
+        response = requests.Response()
+        response.status_code, response.url, response.request, response.reason = status, request.url, request, "-"
+        response._content = json.dumps(reply_body).encode() if reply_body else b""
+        response.raw = io.BytesIO(response._content)
+        response.headers.update({"Content-Type": "application/json", "ETag": '"0x1"'})
+        response.headers["Last-Modified"] = "Mon, 07 Dec 2026 00:00:00 GMT"
+        return response
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    return sent
+
+
+def test_v2_upload_data_is_a_data_asset_written_with_the_logins_token(source, tmp_path, monkeypatch, capsys):
+    """azure-ai-ml's own create_or_update, up to HTTP: on an identity-based datastore it asks the workspace for no
+    secret (no listSecrets) and writes every blob with the login's bearer token, never a shared key or SAS; the
+    asset lands in LocalUpload/<hash>/data, which is what DATA_PATH must name."""
     from azure.ai.ml import MLClient
-    from azure.ai.ml.entities import Data
+    from azure.core.credentials import AccessToken
 
     import aml_v2
 
-    sent, landed = [], "azureml://subscriptions/0/resourcegroups/rg/workspaces/ws/datastores/workspaceblobstore/paths/"
+    class Login:  # what aml_v2.credential returns: a TokenCredential
+        def get_token(self, *scopes, **kwargs):
+            return AccessToken("the-logins-token", 4102444800)
 
-    def create_or_update(self, data, **kwargs):  # the network edge: the upload and the asset's PUT
-        sent.append(data)
-        return Data(name=data.name, version="1", type=data.type, path=landed + "LocalUpload/0123/data/")
-
-    client = MLClient(object(), "0", "rg", "ws")
-    monkeypatch.setattr(type(client.data), "create_or_update", create_or_update)
-    monkeypatch.setattr(aml_v2, "credential", lambda mode: object())
-    monkeypatch.setattr(aml_v2, "connect", lambda settings, cred: client)
+    sent = answer_workspace_and_storage(monkeypatch, "None")
+    monkeypatch.setattr(aml_v2, "credential", lambda mode: Login())
+    monkeypatch.setattr(aml_v2, "connect", lambda settings, cred: MLClient(cred, "0", "rg", "ws"))
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
     data = tmp_path / "data"
@@ -223,9 +268,44 @@ def test_v2_upload_data_is_a_uri_folder_data_asset_and_says_where_it_landed(sour
     (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
     monkeypatch.setattr(submit, "DATA", data)
     assert submit.main(["upload-data", "--config", str(config)]) == 0
-    (asset,) = sent
-    assert (asset.name, asset.type, str(asset.path)) == ("cifar10", "uri_folder", str(data))
-    assert "DATA_PATH=LocalUpload/0123/data/" in capsys.readouterr().out
+    blobs = [(method, url) for method, url, auth in sent if "blob.core.windows.net" in url]
+    assert [method for method, _ in blobs] == ["HEAD", "PUT", "PUT"]  # exists?, Put Blob, Set Blob Metadata
+    assert {auth for _, url, auth in sent if "blob.core.windows.net" in url} == {"Bearer the-logins-token"}
+    assert not any("listSecrets" in url or "sig=" in url for _, url, _ in sent)
+    uploaded = urllib.parse.urlsplit(blobs[1][1]).path
+    assert re.fullmatch(r"/container/LocalUpload/[0-9a-f]{64}/data/cifar-10-python.tar.gz", uploaded)
+    assert (
+        f"now: make submit DATA_PATH={uploaded.removeprefix('/container/').rsplit('/', 1)[0]}\n"
+        in capsys.readouterr().out
+    )
+
+
+def test_v2_upload_plan_is_the_data_asset_the_rehearsal_takes(source, tmp_path, monkeypatch, capsys):
+    """`make upload-data DRY_RUN=1`: the call and the asset as azure-ai-ml serializes it; the rehearsal's datastore
+    (identity-based, shared keys refused) takes it and copies the data set to DATA_PATH."""
+    data, store = tmp_path / "data", tmp_path / "datastore"
+    data.mkdir()
+    (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
+    monkeypatch.setattr(submit, "DATA", data)
+    monkeypatch.setenv("DATA_DIR", str(data))
+    monkeypatch.setenv("LOCAL_DATASTORE", str(store))
+    monkeypatch.setenv("DATASTORE", "cifarstore")
+    assert submit.main(["upload-data", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (
+        plan["sdk"] == "v2"
+        and plan["call"] == "azure.ai.ml.operations._data_operations.DataOperations.create_or_update"
+    )
+    assert plan["asset"] == {
+        "name": "cifar10",
+        "tags": {},
+        "datastore": "cifarstore",
+        "path": str(data),
+        "properties": {},
+        "type": "uri_folder",
+    }
+    local_workspace.upload_data(plan)
+    assert (store / "datasets" / "cifar10" / "cifar-10-python.tar.gz").is_file()
 
 
 def test_v2_the_cluster_azure_ai_ml_would_create_reads_back_as_asked_by_our_arm_reader(source):
