@@ -1,7 +1,8 @@
 """SDK v1 adapter (azureml-core): an Intent as a ScriptRunConfig, and its submission.
 
 Same functions as aml_v2.py: credential, connect, registry_id, token, build_job, describe, download_outputs,
-check_registry, compute, upload, submit. azureml is imported inside them: importing this module costs nothing.
+check_registry, compute, upload_plan, upload, submit. azureml is imported inside them: importing this module
+costs nothing.
 """
 
 import os
@@ -166,7 +167,8 @@ def credential(mode):
     )
 
     folder = Path.home() / ".azure"  # mounted from the host (compose.yaml): what outlives the container
-    mode = aml.login_mode(mode, folder / "azureProfile.json")
+    # The token cache, not azureProfile.json: azureml-core's Azure CLI code writes that one before any login
+    mode = aml.login_mode(mode, folder / "msal_token_cache.json")
     if mode == "sp":
         return ServicePrincipalAuthentication(*(os.environ[v] for v in aml.SP_VARS))
     if mode == "msi":

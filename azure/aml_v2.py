@@ -1,8 +1,8 @@
 """SDK v2 adapter (azure-ai-ml): an Intent as a command job, and its submission.
 
 Same functions as aml_v1.py: credential, connect, registry_id, token, build_job, describe, download_outputs,
-check_registry, compute, upload, submit. Runs in the submit-v2 image only: Microsoft advises against azure-ai-ml beside
-azureml-core. azureml-core (v1) passed its end of support on 2026-06-30; v1 stays the default
+check_registry, compute, upload_plan, upload, submit. Runs in the submit-v2 image only: Microsoft advises against
+azure-ai-ml beside azureml-core. azureml-core (v1) passed its end of support on 2026-06-30; v1 stays the default
 as the project was specified, and `make submit SDK=v2` sends the same image, code and arguments.
 """
 

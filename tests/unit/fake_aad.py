@@ -138,20 +138,22 @@ def sign_in(adapter, scopes):
         module.token(credential, scope)
 
 
-def in_a_container(tmp, azure_dir, mounts, adapter, scopes):
+def in_a_container(tmp, azure_dir, mounts, adapter, scopes, terminal=True):
     """sign_in(adapter, scopes) in a process shaped like a submit container: a HOME of its own, gone afterwards
     (the image's tmpfs /tmp), with only `mounts` (folders under HOME) linked to the one host folder `azure_dir`,
-    as compose.yaml mounts ${AZURE_CONFIG_DIR:-~/.azure}; AZURE_TENANT_ID set, a terminal said to be there,
-    every HTTP call answered here. Returns the calls it made."""
+    as compose.yaml mounts ${AZURE_CONFIG_DIR:-~/.azure}; AZURE_TENANT_ID set, a terminal said to be there (or
+    none), every HTTP call answered here. Returns the calls it made."""
     home = Path(tempfile.mkdtemp(dir=tmp, prefix="home-"))
     for mount in mounts:
         (home / mount).symlink_to(azure_dir, target_is_directory=True)
     log = home / "calls.jsonl"
     log.touch()
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "AML_TERMINAL": "1", "AZURE_TENANT_ID": TENANT}
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "AML_TERMINAL": "1" if terminal else "0"}
+    env["AZURE_TENANT_ID"] = TENANT
     env.update(FAKE_AAD_LOG=str(log), PYTHONPATH=os.pathsep.join(sys.path))
     code = f"import fake_aad\nfake_aad.install()\nfake_aad.sign_in({adapter!r}, {list(scopes)!r})"
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=home, capture_output=True, text=True)
+    run = [sys.executable, "-c", code]
+    done = subprocess.run(run, env=env, cwd=home, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     found = calls(log)
     shutil.rmtree(home)

@@ -290,10 +290,20 @@ def test_one_device_code_per_make_submit_and_none_at_the_next(tmp_path):
     azure.mkdir()
     first = fake_aad.in_a_container(tmp_path, azure, MOUNTS, ADAPTER, PREPARE)
     assert first.count("devicecode") == 1
-    for scopes in (RUN, PREPARE):
-        again = fake_aad.in_a_container(tmp_path, azure, MOUNTS, ADAPTER, scopes)
+    for scopes in (RUN, PREPARE):  # no terminal needed once signed in
+        again = fake_aad.in_a_container(tmp_path, azure, MOUNTS, ADAPTER, scopes, terminal=False)
         assert "devicecode" not in again and not any(call.startswith("token:urn") for call in again), again
     assert (azure / "msal_token_cache.json").is_file()  # msal-extensions' plain file on Linux (no encryption)
+
+
+def test_without_a_terminal_only_a_token_cache_counts_as_a_login(source, config, capsys, monkeypatch, tmp_path):
+    """azureml-core's Azure CLI code writes ~/.azure/azureProfile.json on its own, before any login: that file
+    alone, with no terminal to show a device code, is refused up front in one line."""
+    (tmp_path / ".azure").mkdir()
+    (tmp_path / ".azure" / "azureProfile.json").write_text('{"installationId": "0", "subscriptions": []}')
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))
+    assert submit.main(["prepare", "--config", str(config)]) == 1
+    assert "no Azure credentials: interactive login needs a terminal" in capsys.readouterr().err
 
 
 def test_a_registry_other_than_the_workspaces_needs_a_pulling_identity(source, capsys, monkeypatch):
