@@ -172,12 +172,17 @@ def stop(handle, save_to=None):
 # The service: runs in the container (Flask is in the cifar10-mlflow image), or in a test's thread.
 
 
-def app():
-    """The v1 run-history service; what arrived is in its config["RECORDED"] and at GET /_recorded."""
+def app(faults=None):
+    """The v1 run-history service; what arrived is in its config["RECORDED"] and at GET /_recorded.
+
+    faults: how it refuses, as Azure ML's service may (FAULTS names each; a test passes them here or changes
+    config["FAULTS"], a container takes them at POST /_control); by default it refuses non-finite values only.
+    """
     from flask import Flask, abort, jsonify, request
 
     service = Flask("standin")
-    recorded = service.config["RECORDED"] = {"runs": {}, "unexpected": []}
+    recorded = service.config["RECORDED"] = {"runs": {}, "unexpected": [], "refused": []}
+    faults = service.config["FAULTS"] = {**FAULTS, **(faults or {})}
     lock = threading.Lock()
     the_run = lambda run_id: recorded["runs"].setdefault(run_id, {"tags": {}, "metrics": []})  # noqa: E731
 
@@ -190,8 +195,33 @@ def app():
 
     def metrics(sub, rg, ws, run_id):
         with lock:
-            the_run(run_id)["metrics"].extend(batch_points(request.get_json()))
-        return jsonify({})
+            status = failing(faults)
+            if status:
+                recorded["refused"].append({"status": status, "path": request.path})
+                return refusal(status, faults)
+            points, errors = judge(request.get_json(), faults)
+            the_run(run_id)["metrics"].extend(points)
+            recorded["refused"] += [{"status": 207, "metric": e["metric"]["name"]} for e in errors]
+        # 207 Multi-Status with one error per refused metric (PostRunMetricsResultDto): azureml-core reads it
+        # (azureml/_restclient/operations/metric_operations.py, post_run_metrics) and logs a warning per error
+        # (azureml/_restclient/metrics_client.py, _post_run_metrics_log_failed_validations).
+        return (jsonify({"errors": errors}), 207) if errors else jsonify({})
+
+    def control():
+        with lock:
+            faults.update(request.get_json())
+            return jsonify(faults)
+
+    def authorized():
+        if request.path in OPEN or request.path == "/_control":  # the rehearsal's own switch, as /_recorded
+            return None
+        if not bearer(request):
+            abort(401)
+        if faults["expired"] or expired(request):
+            with lock:
+                recorded["refused"].append({"status": 401, "path": request.path})
+            return jsonify(error_response("InvalidAuthenticationToken", "the run token has expired")), 401
+        return None
 
     def unexpected(error):
         with lock:
@@ -200,14 +230,89 @@ def app():
 
     for rule in RUNS:
         service.add_url_rule(rule, view_func=run, methods=["GET", "PATCH"])
+        service.add_url_rule(f"{rule}/token", "token-" + rule.split("/")[-4], lambda **_: jsonify(token_result()))
     service.add_url_rule(f"{RUNS[0]}/metricsingest/wait", "ingested", lambda **_: jsonify({}))  # by name only
     service.add_url_rule(f"/metric/v2.0{WORKSPACE}/runs/<run_id>/batch", view_func=metrics, methods=["POST"])
     service.add_url_rule("/discovery", "discovery", lambda: jsonify(dict.fromkeys(SERVICE_KEYS, request.host_url[:-1])))
     service.add_url_rule("/health", "health", lambda: "OK")
     service.add_url_rule("/_recorded", "recorded", lambda: jsonify(recorded))
+    service.add_url_rule("/_control", view_func=control, methods=["POST"])
     service.register_error_handler(404, unexpected)
-    service.before_request(lambda: None if request.path in OPEN or bearer(request) else abort(401))
+    service.before_request(authorized)
     return service
+
+
+# How the stand-in refuses, as the run-history service may:
+#   nonfinite: a NaN or infinite value gets 207 with an error for its metric (the rest of the batch is kept);
+#   names: metric names it refuses the same way (Azure ML documents no rule for names; a test picks them);
+#   status, times, retry_after: the next `times` metric batches (-1: all) are answered `status` (429, 500, 503)
+#     with Retry-After: retry_after seconds, and nothing of them is kept;
+#   expired: every call but discovery is answered 401, as to a run token past its exp (so is the refresh).
+FAULTS = {"nonfinite": True, "names": [], "status": None, "times": 0, "retry_after": 1, "expired": False}
+
+
+def failing(faults):
+    """The status that answers this metric batch, or None; uses up one of `times`."""
+    if not faults["status"] or faults["times"] == 0:
+        return None
+    if faults["times"] > 0:
+        faults["times"] -= 1
+    return faults["status"]
+
+
+def refusal(status, faults):
+    """A whole-batch refusal. azureml-core retries 408, 429, 500, 502, 503, 504 and 530 for a POST on its own
+    schedule, ignoring Retry-After: 32 s doubling for 429, 2 s doubling for 500, 2-10 s doubling for 503, 3 retries
+    (azureml/_restclient/clientbase.py, _handle_retry, _get_retry_delay), then once more 3 s later
+    (metrics_client.py, _log_batch_v2); urllib3 2 would honour Retry-After but retries no POST (msrest's
+    method_whitelist is a name urllib3 2 no longer reads: msrest/universal_http/requests.py, ClientRetryPolicy)."""
+    from flask import jsonify
+
+    names = {429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable"}
+    body = jsonify(error_response(names.get(status, "ServiceError"), f"the stand-in answers {status}"))
+    return body, status, {"Retry-After": str(faults["retry_after"])}
+
+
+def judge(body, faults):
+    """(points kept, one PostRunMetricsError per refused metric) of a batch (azureml/_restclient/models:
+    post_run_metrics_error.py, error_response.py, root_error.py)."""
+    import math  # here: the functions above the service need none of this
+
+    kept, errors = [], []
+    for metric in body["values"]:
+        values = [p["data"][metric["name"]] for p in metric["value"]]
+        if metric["name"] in faults["names"]:
+            why = f"metric name {metric['name']!r} is not valid"
+        elif faults["nonfinite"] and not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            why = f"metric {metric['name']!r} has a value that is not a finite number"
+        else:
+            kept += batch_points({"values": [metric]})
+            continue
+        errors.append({"metric": metric, "errorResponse": error_response("ValidationError", why)})
+    return kept, errors
+
+
+def error_response(code, message):
+    """An ErrorResponse (azureml/_restclient/models/error_response.py): {"error": RootError}."""
+    return {"error": {"code": code, "message": message}}
+
+
+def expired(request):
+    """Whether the bearer token's exp (a JWT claim, as azureml-core reads it) has passed."""
+    try:
+        claims = request.headers["Authorization"].split()[1].split(".")[1]
+        exp = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["exp"]
+    except (IndexError, KeyError, TypeError, ValueError):
+        return False  # not a JWT: the stand-in checks only that one is sent
+    return exp < time.time()
+
+
+def token_result():
+    """A fresh run token: azureml-core asks for one when its own expires within 95 s, every 30 s
+    (azureml/core/authentication.py, AzureMLTokenAuthentication._update_auth; models/token_result.py)."""
+    hours = 24
+    expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + hours * 3600))
+    return {"token": run_token(hours), "expiryTimeUtc": expiry}
 
 
 def bearer(request):

@@ -9,13 +9,18 @@ azureml-core and mlflow are imported here, lazily, and only for the tracker that
 
 A tracker never stops a run: its first failure, at start, mid-run or at close, prints one `tracking off`
 line and tracking is off from then on. close() sends what a tracker still holds, whenever it is called.
+A point a tracker did not take (a non-finite value, which no tracker is sent; one the service refused or never
+confirmed) costs no line of its own: close() prints one `tracking:` line that counts them by metric and reason.
 """
 
 import json
 import logging
+import math
 import os
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import outputs
@@ -36,6 +41,7 @@ EXPERIMENT = "cifar10"  # where MLFLOW_EXPERIMENT_NAME is unset
 V1_WRAPPER_MARK = "is-remote=true"
 STATUSES = ("FINISHED", "KILLED", "FAILED")  # mlflow.entities.RunStatus names
 FLUSH_SECONDS = 60  # azureml-core's default is 300; a run that ends should not hang on a slow service
+NOT_FINITE = "not finite, not sent"  # Azure ML's run history and MLflow endpoint refuse NaN and infinities
 
 
 def choose(env=os.environ):
@@ -94,6 +100,11 @@ class RunHistory:
 
     def __init__(self):
         self.run = None
+        self.lock = threading.Lock()  # azureml-core posts batches from its worker threads
+        self.sent = Counter()  # points handed to run.log, by metric
+        self.taken = Counter()  # points the service took, by metric
+        self.refused = Counter()  # (metric, the service's reason): points it answered 207 for
+        self.why = None  # the last error of a batch post: what the points not taken wait on
 
     def start(self, params, tags):
         from azureml.core import Run
@@ -104,16 +115,65 @@ class RunHistory:
         if run.id.startswith("OfflineRun"):  # its log() only prints "Attempted to log ..."
             raise RuntimeError("no run: AZUREML_RUN_TOKEN or AZUREML_SERVICE_ENDPOINT is not set")
         self.run = run
+        self.count(run._client.metrics)
         run.set_tags({**{k: str(v) for k, v in params.items()}, **tags})  # v1 runs have no parameters: both as tags
+
+    def count(self, client):
+        """Count what the service takes of each batch azureml-core posts (its MetricsClient, private names of
+        azureml-core 1.61: azureml/_restclient/metrics_client.py). Its own post answers a refusal only with a
+        logger warning per point (_post_run_metrics_log_failed_validations, for 207 Multi-Status) or per batch
+        (_log_batch_v2, which retries a failed batch once after 3 s), and the lost points are named nowhere."""
+        post = client._client.metric.post_run_metrics
+
+        def counted(*args, **kwargs):  # called as azureml-core calls the method it replaces, once per try
+            try:
+                result = post(*args, **kwargs)
+            except Exception as e:
+                status = getattr(getattr(e, "response", None), "status_code", None)  # msrest's HttpOperationError
+                self.why = " ".join(((f"HTTP {status} " if status else "") + describe(e)).split())[:120]
+                raise  # azureml-core retries it as before (azureml/_restclient/clientbase.py, _handle_retry)
+            refused = Counter()
+            for error in getattr(result, "errors", None) or []:  # a PostRunMetricsResultDto for 207 only
+                why = " ".join(str(error.error_response.error.message).split())[:120]
+                refused[(error.metric.name, why)] += len(error.metric.value or ()) or 1
+            with self.lock:
+                for metric in args[4].values:  # args[4]: the BatchMetricV2Dto, one MetricV2Dto per point
+                    self.taken[metric.name] += len(metric.value)
+                for (name, _), n in refused.items():
+                    self.taken[name] -= n
+                self.refused.update(refused)
+
+        client._post_run_metrics_log_failed_validations = counted
+        # Its retry warning: a batch that is lost anyway is counted in close()'s one line
+        client._logger.addFilter(lambda record: not str(record.msg).startswith("Metrics Client: _execute_with"))
 
     def log(self, name, value, step):
         self.run.log(name, value, step=step)
+        self.sent[name] += 1
+
+    def lost(self):
+        """{(metric, why): points} the service did not take, as far as azureml-core got with them."""
+        with self.lock:
+            lost = Counter(self.refused)
+            for name, n in self.sent.items():
+                waiting = n - self.taken[name] - sum(k for (m, _), k in self.refused.items() if m == name)
+                if waiting > 0:
+                    lost[(name, self.why or f"not sent within {FLUSH_SECONDS} s")] += waiting
+        return lost
 
     def close(self, artifacts, status):
         # azureml-core sends metrics from a 1-second timer; flush sends what it holds. The job's run
         # is Azure's to complete (and ./outputs Azure's to upload), so neither happens here.
-        if self.run is not None:
+        if self.run is None:
+            return
+        try:
             self.run.flush(timeout_seconds=FLUSH_SECONDS)
+        except Exception as e:
+            # The first failed batch, or a timeout while batches retry: the points they held are what lost()
+            # counts. A flush that failed with nothing lost (the ingest wait) turns tracking off as before.
+            self.why = self.why or " ".join(describe(e).split())[:120]
+            if not self.lost():
+                raise
 
 
 class MlflowRun:
@@ -172,6 +232,10 @@ class MlflowRun:
     def log(self, name, value, step):
         self.client.log_metric(self.run_id, name, value, step=step)
 
+    def lost(self):
+        """Nothing: MLflow's client sends each point before it returns, and a refusal raises."""
+        return Counter()
+
     def close(self, artifacts, status):
         if self.client is None:
             return
@@ -202,6 +266,8 @@ class Metrics:
         self.tracker = tracker
         self.t0 = time.time()  # the run's wall-clock start
         self.last = {}
+        self.tracked = 0  # points logged while a tracker was on
+        self.withheld = Counter()  # (metric, NOT_FINITE): points no tracker was sent
 
     def call(self, method, *args):
         """One call to the tracker; its first failure turns tracking off for the rest of the run."""
@@ -262,6 +328,12 @@ class Metrics:
             return
         record = {"name": name, "value": value, "step": step, "epoch": epoch, "time": round(time.time() - self.t0, 3)}
         append_line(self.path, json.dumps(record))
+        if self.tracker is None:
+            return
+        self.tracked += 1
+        if not math.isfinite(value):  # a diverged loss, or a class absent from a small test set
+            self.withheld[(name, NOT_FINITE)] += 1
+            return
         self.call("log", name, value, step)
 
     def close(self, artifacts=(), status="FINISHED"):
@@ -270,4 +342,19 @@ class Metrics:
         if status not in STATUSES:
             raise ValueError(f"status {status!r}: use one of {', '.join(STATUSES)}")
         self.call("close", list(artifacts), status)
+        if self.tracker is not None:  # a failed close has said its line
+            self.say_lost(self.tracker.where, self.withheld + self.tracker.lost())
         self.tracker = None
+
+    def say_lost(self, where, lost):
+        """One line for every point the tracker lacks, by reason and metric; none if it has them all."""
+        if not lost:
+            return
+        reasons = {}
+        for (name, why), n in sorted(lost.items()):
+            reasons.setdefault(why, []).append(f"{name} {n}")
+        parts = "; ".join(f"{why}: {', '.join(names)}" for why, names in reasons.items())
+        print(
+            f"tracking: {where} lacks {sum(lost.values())} of {self.tracked} points ({parts}); metrics.jsonl has them",
+            file=sys.stderr,
+        )

@@ -5,6 +5,7 @@ port, MLflow on a file: store. A failure is made by patching only the call that 
 """
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -70,13 +71,13 @@ def standin_service():
     service = standin.app()
     server = make_server("127.0.0.1", 0, service, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_port}", service.config["RECORDED"]
+    return f"http://127.0.0.1:{server.server_port}", service.config["RECORDED"], service.config["FAULTS"]
 
 
 @pytest.fixture
 def run_history(standin_service, tmp_path, monkeypatch):
     """The variables an Azure ML v1 run has, pointing at the stand-in; what it recorded for this run."""
-    url, recorded = standin_service
+    url, recorded, _ = standin_service
     workspace = {"SUBSCRIPTION": "00000000-0000-0000-0000-000000000000", "RESOURCEGROUP": "rg", "WORKSPACE_NAME": "ws"}
     for name, value in workspace.items():
         monkeypatch.setenv(f"AZUREML_ARM_{name}", value)
@@ -240,7 +241,8 @@ def test_a_tracker_failing_costs_one_line_and_never_the_run(tmp_path, request, m
     m.close()  # a second close, as a failure path may call it again: nothing more happens
     m.log("after/close", 1.0, 40, 1)
     err = capsys.readouterr().err
-    assert err.count("tracking off") == 1 and "HTTP 503" in err and len(err.strip().splitlines()) == 1, err
+    # v1 at close: the points the failed flush held are named ("tracking: ... lacks"), not tracking turned off
+    assert err.count("tracking") == 1 and "HTTP 503" in err and len(err.strip().splitlines()) == 1, err
     assert len(rows(tmp_path)) == 5 and m.tracker is None
 
 
@@ -312,3 +314,129 @@ def test_the_trainer_finishes_when_azure_mls_run_history_fails_at_start(tmp_path
     assert run_main(tmp_path, "--epochs 1 --fake-data 40") == 0
     err = capsys.readouterr().err
     assert err.count("tracking off: Azure ML run history failed (HTTP 503") == 1, err
+
+
+@pytest.fixture
+def refusing(standin_service):
+    """Set how the stand-in refuses (standin.FAULTS) for one test: faults.update(...); as before afterwards."""
+    faults = standin_service[2]
+    yield faults
+    faults.clear()
+    faults.update(standin.FAULTS)
+
+
+def tracking_lines(err):
+    return [line for line in err.splitlines() if line.startswith("tracking")]
+
+
+def log_points(out_dir, points):
+    """A run that logs (name, value) points at steps 10, 20, ... and closes; its Metrics."""
+    m = Metrics(out_dir, tracker())
+    m.start(PARAMS, TAGS)
+    for i, (name, value) in enumerate(points):
+        m.log(name, value, 10 * (i + 1), 1)
+    m.close()
+    return m
+
+
+def test_v1_points_the_service_refuses_cost_one_line_that_names_them(tmp_path, run_history, refusing, capsys):
+    """207 Multi-Status: azureml-core logged a warning per refused point and dropped it."""
+    refusing["names"] = ["test/accuracy"]
+    log_points(tmp_path, [("loss", 0.5), ("test/accuracy", 0.2), ("loss", 0.4), ("test/accuracy", 0.3)])
+    run, unexpected = run_history
+    assert [(p["name"], p["value"]) for p in run["metrics"]] == [("loss", 0.5), ("loss", 0.4)] and unexpected == []
+    (line,) = tracking_lines(err := capsys.readouterr().err)
+    assert line.startswith("tracking: Azure ML run history lacks 2 of 4 points (") and "test/accuracy 2" in line
+    assert "metric name 'test/accuracy' is not valid" in line and len(err.splitlines()) == 1, err
+    assert len(rows(tmp_path)) == 4
+
+
+@pytest.mark.parametrize("kind", ["v1 run history", "v2 job's run"])
+def test_non_finite_values_go_to_metrics_jsonl_and_to_no_tracker(tmp_path, request, kind, capsys):
+    """A diverged loss: Azure ML's run history answers 207 for NaN and infinities; MLflow's store took them."""
+    logged = [("loss", 0.5), ("loss", math.nan), ("loss", math.inf), ("loss", math.nan), ("test/accuracy", 0.1)]
+    if kind == "v1 run history":
+        run, _ = request.getfixturevalue("run_history")
+        log_points(tmp_path, logged)
+        got = [(p["name"], p["value"]) for p in run["metrics"]]
+    else:
+        store, run_id = request.getfixturevalue("store"), request.getfixturevalue("v2_job")
+        log_points(tmp_path, logged)
+        got = [m[:2] for m in history(store, run_id)]
+    assert got == [("loss", 0.5), ("test/accuracy", 0.1)]
+    written = [(r["name"], r["value"]) for r in rows(tmp_path)]
+    assert written[0] == ("loss", 0.5) and math.isnan(written[1][1]) and written[2] == ("loss", math.inf)
+    err = capsys.readouterr().err
+    assert tracking_lines(err) == [err.strip()] and "lacks 3 of 5 points (not finite, not sent: loss 3)" in err, err
+
+
+def test_v1_throttled_batches_are_retried_by_azureml_core(
+    tmp_path, standin_service, run_history, refusing, monkeypatch, capsys
+):
+    """429 Too Many Requests twice: azureml-core retries (after 32 s, then 64 s: shortened here) and loses nothing."""
+    from azureml._restclient import clientbase
+
+    monkeypatch.setattr(clientbase, "DEFAULT_BACKOFF", 0)
+    refusing.update(status=429, times=2)
+    log_points(tmp_path, [("loss", 0.5), ("loss", 0.4)])
+    assert [p["value"] for p in run_history[0]["metrics"]] == [0.5, 0.4]
+    refused = [r["status"] for r in standin_service[1]["refused"] if r.get("path", "").endswith("/batch")]
+    assert refused == [429, 429] and capsys.readouterr().err == ""
+
+
+def test_v1_throttling_past_the_flush_costs_one_line(tmp_path, run_history, refusing, monkeypatch, capsys):
+    """429 on every try: azureml-core would retry for minutes; close() waits FLUSH_SECONDS, then says what is lost."""
+    monkeypatch.setattr(metrics, "FLUSH_SECONDS", 3)
+    refusing.update(status=429, times=-1)
+    log_points(tmp_path, [("loss", 0.5), ("loss", 0.4), ("test/accuracy", 0.3)])
+    assert run_history[0]["metrics"] == []
+    err = capsys.readouterr().err
+    (line,) = tracking_lines(err)
+    assert line.startswith("tracking: Azure ML run history lacks 3 of 3 points (") and "loss 2, test/accuracy 1" in line
+    assert "429" in line and len(err.splitlines()) == 1, err
+
+
+def test_v1_an_expired_run_token_costs_one_line(tmp_path, run_history, refusing, capsys):
+    """401 for a token past its exp (the refresh refused too): azureml-core retries no 4xx but once, 3 s later."""
+    m = Metrics(tmp_path, tracker())
+    m.start(PARAMS, TAGS)  # the run and its tags, with a valid token
+    refusing["expired"] = True
+    m.log("loss", 0.5, 10, 1)
+    m.log("loss", 0.4, 20, 1)
+    m.close()
+    err = capsys.readouterr().err
+    (line,) = tracking_lines(err)
+    assert "lacks 2 of 2 points" in line and "loss 2" in line and "401" in line and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("kind", ["v1 run history", "v2 job's run"])
+def test_a_diverged_run_finishes_with_one_line_in_either_sdk(tmp_path, request, capsys, kind):
+    """--lr 1e4 makes the loss NaN within 16 steps: the run still ends 0 with every output, the tracker has the
+    finite points, and one line counts the rest."""
+    pytest.importorskip("torch")
+    from runner import run_main
+
+    if kind == "v1 run history":
+        run, _ = request.getfixturevalue("run_history")
+    else:
+        store, run_id = request.getfixturevalue("store"), request.getfixturevalue("v2_job")
+    assert run_main(tmp_path, "--epochs 1 --fake-data 80 --lr 1e4 --log-interval 4") == 0
+    written = rows(tmp_path / "out")
+    assert {"model.pt", "summary.json", "curves.png", "metrics.jsonl"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    finite = [(r["name"], r["value"]) for r in written if math.isfinite(r["value"])]
+    if kind == "v1 run history":
+        got = [(p["name"], p["value"]) for p in run["metrics"]]
+    else:
+        got = [(m.key, m.value) for n in {r["name"] for r in written} for m in store.get_metric_history(run_id, n)]
+    assert sorted(got) == sorted(finite) and len(finite) < len(written)
+    (line,) = tracking_lines(capsys.readouterr().err)
+    assert f"lacks {len(written) - len(finite)} of {len(written)} points (not finite, not sent: " in line, line
+
+
+def test_v1_a_run_token_about_to_expire_is_refreshed_and_nothing_is_lost(tmp_path, run_history, monkeypatch, capsys):
+    """azureml-core asks the service for a new token when its own expires within 95 s (its refresh, which the
+    stand-in serves): the run goes on with it."""
+    monkeypatch.setenv("AZUREML_RUN_TOKEN", standin.run_token(hours=1 / 60))  # a minute left
+    record_a_run(tmp_path, tracker())
+    assert [(p["name"], p["value"], p["step"]) for p in run_history[0]["metrics"]] == points(tmp_path)
+    assert capsys.readouterr().err == "" and run_history[1] == []
