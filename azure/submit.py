@@ -406,7 +406,17 @@ def upload_data(adapter, args):
         print(json.dumps({"sdk": adapter.SDK, **adapter.upload_plan(DATA, args.datastore, target)}, indent=2))
         return 0
     ws = adapter.connect(aml.workspace_settings(args.config), adapter.credential(args.auth or "auto"))
-    adapter.upload(ws, DATA, args.datastore, target)
+    try:
+        adapter.upload(ws, DATA, args.datastore, target)
+    except Exception as e:  # azure-ai-ml raises it as a bare Exception of many lines (_blob_storage_helper.py)
+        if "KeyBasedAuthenticationNotPermitted" not in str(e):
+            raise
+        raise aml.SubmitError(
+            f"datastore {args.datastore or '(the default)'} signs with its storage account's key, which the account "
+            f"refuses (KeyBasedAuthenticationNotPermitted): make the workspace's datastores identity-based "
+            f"(learn.microsoft.com/azure/machine-learning/how-to-disable-local-auth-storage, 'Update an existing "
+            f"workspace'), or name an identity-based one with DATASTORE="
+        ) from None
     if adapter.SDK == "v1":  # v2's asset lands in a folder azure-ai-ml picks: aml_v2.upload printed it
         print(f"uploaded ./{DATA}; now: make submit SDK=v1 DATA_PATH={target}")
     return 0

@@ -224,6 +224,10 @@ def answer_workspace_and_storage(monkeypatch, credentials_type):
         path = urllib.parse.urlsplit(url).path
         if method == "GET" and path == f"{WORKSPACE}/datastores/workspaceblobstore":
             return 200, {"id": path, "name": "workspaceblobstore", "properties": datastore}
+        if method == "POST" and path == f"{WORKSPACE}/datastores/workspaceblobstore/listSecrets":
+            return 200, {"secretsType": "Sas", "sasToken": "sv=2025-01-05&sr=c&sp=rcw&sig=c2lnbmVkLXdpdGgtYS1rZXk%3D"}
+        if "sig=" in url:  # a SAS made from the account key, on storage that refuses shared keys
+            return 403, "KeyBasedAuthenticationNotPermitted"
         if method == "PUT" and path.startswith(f"{WORKSPACE}/data/cifar10/versions/"):
             return 200, {**json.loads(body), "id": path, "name": path.rsplit("/", 1)[1]}
         if urllib.parse.urlsplit(url).netloc == "account.blob.core.windows.net" and method == "PUT":
@@ -236,8 +240,12 @@ def answer_workspace_and_storage(monkeypatch, credentials_type):
         response = requests.Response()
         response.status_code, response.url, response.request, response.reason = status, request.url, request, "-"
         response._content = json.dumps(reply_body).encode() if reply_body else b""
-        response.raw = io.BytesIO(response._content)
         response.headers.update({"Content-Type": "application/json", "ETag": '"0x1"'})
+        if isinstance(reply_body, str):  # Storage's error: its code in a header and in XML
+            message = "Key based authentication is not permitted on this storage account."
+            response._content = f"<Error><Code>{reply_body}</Code><Message>{message}</Message></Error>".encode()
+            response.headers.update({"Content-Type": "application/xml", "x-ms-error-code": reply_body})
+        response.raw = io.BytesIO(response._content)
         response.headers["Last-Modified"] = "Mon, 07 Dec 2026 00:00:00 GMT"
         return response
 
@@ -277,6 +285,40 @@ def test_v2_upload_data_is_a_data_asset_written_with_the_logins_token(source, tm
     assert (
         f"now: make submit DATA_PATH={uploaded.removeprefix('/container/').rsplit('/', 1)[0]}\n"
         in capsys.readouterr().out
+    )
+
+
+def test_v2_a_key_signed_datastore_on_storage_that_refuses_keys_is_one_line_naming_the_way_out(
+    source, tmp_path, monkeypatch, capsys
+):
+    """A datastore registered with the account key (the workspace's own, by default): azure-ai-ml lists a SAS made
+    from it, which storage without shared-key access refuses (403 KeyBasedAuthenticationNotPermitted, "This SAS
+    token is derived from an account key", github.com/microsoft/rag-experiment-accelerator/issues/866)."""
+    from azure.ai.ml import MLClient
+    from azure.core.credentials import AccessToken
+
+    import aml_v2
+
+    class Login:
+        def get_token(self, *scopes, **kwargs):
+            return AccessToken("the-logins-token", 4102444800)
+
+    sent = answer_workspace_and_storage(monkeypatch, "AccountKey")
+    monkeypatch.setattr(aml_v2, "credential", lambda mode: Login())
+    monkeypatch.setattr(aml_v2, "connect", lambda settings, cred: MLClient(cred, "0", "rg", "ws"))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
+    monkeypatch.setattr(submit, "DATA", data)
+    assert submit.main(["upload-data", "--config", str(config)]) == 1
+    assert any(url.endswith("listSecrets?api-version=2024-10-01-preview") for _, url, _ in sent)
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1
+        and "KeyBasedAuthenticationNotPermitted" in err
+        and "how-to-disable-local-auth-storage" in err
     )
 
 
