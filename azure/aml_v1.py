@@ -247,7 +247,7 @@ def upload_call():
 def upload_plan(folder, datastore, target):
     """What upload() calls, with what, as `make upload-data DRY_RUN=1` prints it (the rehearsal checks it)."""
     call = upload_call()
-    where = {"datastore": datastore or "(the workspace's default)", "path": target}
+    where = {"datastore": datastore, "path": target}  # datastore None: the workspace's default
     return {"call": f"{call.__module__}.{call.__qualname__}", "src_dir": str(folder), "target": where}
 
 

@@ -439,7 +439,7 @@ def test_the_rehearsals_datastore_takes_the_upload_plan_and_refuses_a_key_signed
         "sdk": "v1",
         "call": "azureml.data.dataset_factory.FileDatasetFactory.upload_directory",
         "src_dir": str(data),
-        "target": {"datastore": "(the workspace's default)", "path": "datasets/cifar10"},
+        "target": {"datastore": None, "path": "datasets/cifar10"},  # the workspace's default
     }
     keyed = {**plan, "call": f"{AzureBlobDatastore.upload.__module__}.{AzureBlobDatastore.upload.__qualname__}"}
     with pytest.raises(local_workspace.LocalWorkspaceError, match="refuses shared-key access and azureml.data.azure"):
