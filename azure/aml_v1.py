@@ -235,10 +235,10 @@ def upload_call():
     account key or SAS ("the datastore object must have either account key or SAS token property populated",
     azureml/data/azure_storage_datastore.py, upload), so it fails on an identity-based datastore and on storage
     that refuses shared keys. upload_directory hands the datastore's azureml:// URI to rslex, which resolves
-    it through the workspace with this login (azureml/data/dataset_factory.py, _upload_directory): for an
-    identity-based datastore, "Azure Machine Learning prompts you for your Microsoft Entra token for data access
-    authentication" (learn.microsoft.com/azure/machine-learning/v1/how-to-identity-based-data-access).
-    datastore.upload's deprecation notice names it."""
+    it through the workspace with this login (azureml/data/dataset_factory.py, _upload_directory): a datastore
+    without credentials is then written from here as the user identity ("No Credential": "SDK Local ... User
+    Identity", learn.microsoft.com/azure/machine-learning/how-to-administrate-data-authentication). datastore.upload's
+    deprecation notice names it."""
     from azureml.core import Dataset
 
     return Dataset.File.upload_directory
