@@ -248,7 +248,7 @@ def app(faults=None):
 #   status, times, retry_after: the next `times` metric batches (-1: all) are answered `status` (429, 500, 503)
 #     with Retry-After: retry_after seconds, and nothing of them is kept;
 #   expired: every call but discovery is answered 401, as to a run token past its exp (so is the refresh).
-FAULTS = {"nonfinite": True, "names": [], "status": None, "times": 0, "retry_after": 1, "expired": False}
+FAULTS = {"nonfinite": True, "names": (), "status": None, "times": 0, "retry_after": 1, "expired": False}
 
 
 def failing(faults):
@@ -293,8 +293,14 @@ def judge(body, faults):
 
 
 def error_response(code, message):
-    """An ErrorResponse (azureml/_restclient/models/error_response.py): {"error": RootError}."""
-    return {"error": {"code": code, "message": message}}
+    """An ErrorResponse (azureml/_restclient/models/error_response.py) with every field the run-history service
+    writes (one quoted in github.com/Azure/azure-sdk-for-python/issues/29024). `details` matters: azureml-core's
+    ServiceException iterates it in __str__ (azureml/_restclient/exceptions.py), and _log_batch_v2 formats the
+    error before its retry, so a body without it raises TypeError there and the batch is never tried again."""
+    nulls = dict.fromkeys(("severity", "messageFormat", "messageParameters", "referenceCode", "detailsUri", "target"))
+    error = {"code": code, **nulls, "message": message, "details": [], "innerError": None, "additionalInfo": None}
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"error": error, "correlation": {}, "environment": "local", "time": now, "componentName": "run-history"}
 
 
 def expired(request):

@@ -125,9 +125,9 @@ class RunHistory:
         (_log_batch_v2, which retries a failed batch once after 3 s), and the lost points are named nowhere."""
         post = client._client.metric.post_run_metrics
 
-        def counted(*args, **kwargs):  # called as azureml-core calls the method it replaces, once per try
+        def counted(subscription, group, workspace, run_id, batch, **kwargs):  # the replaced method's, once a try
             try:
-                result = post(*args, **kwargs)
+                result = post(subscription, group, workspace, run_id, batch, **kwargs)
             except Exception as e:
                 status = getattr(getattr(e, "response", None), "status_code", None)  # msrest's HttpOperationError
                 self.why = " ".join(((f"HTTP {status} " if status else "") + describe(e)).split())[:120]
@@ -137,7 +137,7 @@ class RunHistory:
                 why = " ".join(str(error.error_response.error.message).split())[:120]
                 refused[(error.metric.name, why)] += len(error.metric.value or ()) or 1
             with self.lock:
-                for metric in args[4].values:  # args[4]: the BatchMetricV2Dto, one MetricV2Dto per point
+                for metric in batch.values:  # a BatchMetricV2Dto: one MetricV2Dto per point
                     self.taken[metric.name] += len(metric.value)
                 for (name, _), n in refused.items():
                     self.taken[name] -= n

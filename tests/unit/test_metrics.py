@@ -370,18 +370,22 @@ def test_non_finite_values_go_to_metrics_jsonl_and_to_no_tracker(tmp_path, reque
     assert tracking_lines(err) == [err.strip()] and "lacks 3 of 5 points (not finite, not sent: loss 3)" in err, err
 
 
-def test_v1_throttled_batches_are_retried_by_azureml_core(
-    tmp_path, standin_service, run_history, refusing, monkeypatch, capsys
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_v1_batches_refused_for_a_while_are_retried_by_azureml_core(
+    tmp_path, standin_service, run_history, refusing, monkeypatch, capsys, status
 ):
-    """429 Too Many Requests twice: azureml-core retries (after 32 s, then 64 s: shortened here) and loses nothing."""
+    """429 Too Many Requests or a 5xx twice: azureml-core retries (after 32 s, 2 s or 2-10 s, doubling: shortened
+    here) and nothing is lost or said."""
     from azureml._restclient import clientbase
 
-    monkeypatch.setattr(clientbase, "DEFAULT_BACKOFF", 0)
-    refusing.update(status=429, times=2)
+    for name in ("DEFAULT_BACKOFF", "DEFAULT_500_BACKOFF", "DEFAULT_503_BACKOFF"):
+        monkeypatch.setattr(clientbase, name, 0)
+    refusing.update(status=status, times=2)
     log_points(tmp_path, [("loss", 0.5), ("loss", 0.4)])
     assert [p["value"] for p in run_history[0]["metrics"]] == [0.5, 0.4]
-    refused = [r["status"] for r in standin_service[1]["refused"] if r.get("path", "").endswith("/batch")]
-    assert refused == [429, 429] and capsys.readouterr().err == ""
+    batches = f"/runs/{os.environ['AZUREML_RUN_ID']}/batch"
+    assert [r["status"] for r in standin_service[1]["refused"] if r.get("path", "").endswith(batches)] == [status] * 2
+    assert capsys.readouterr().err == ""
 
 
 def test_v1_throttling_past_the_flush_costs_one_line(tmp_path, run_history, refusing, monkeypatch, capsys):
@@ -396,7 +400,7 @@ def test_v1_throttling_past_the_flush_costs_one_line(tmp_path, run_history, refu
     assert "429" in line and len(err.splitlines()) == 1, err
 
 
-def test_v1_an_expired_run_token_costs_one_line(tmp_path, run_history, refusing, capsys):
+def test_v1_an_expired_run_token_costs_one_line(tmp_path, standin_service, run_history, refusing, capsys):
     """401 for a token past its exp (the refresh refused too): azureml-core retries no 4xx but once, 3 s later."""
     m = Metrics(tmp_path, tracker())
     m.start(PARAMS, TAGS)  # the run and its tags, with a valid token
@@ -407,6 +411,8 @@ def test_v1_an_expired_run_token_costs_one_line(tmp_path, run_history, refusing,
     err = capsys.readouterr().err
     (line,) = tracking_lines(err)
     assert "lacks 2 of 2 points" in line and "loss 2" in line and "401" in line and len(err.splitlines()) == 1, err
+    batches = f"/runs/{os.environ['AZUREML_RUN_ID']}/batch"
+    assert [r["status"] for r in standin_service[1]["refused"] if r.get("path", "").endswith(batches)] == [401, 401]
 
 
 @pytest.mark.parametrize("kind", ["v1 run history", "v2 job's run"])
