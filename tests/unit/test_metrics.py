@@ -446,3 +446,10 @@ def test_v1_a_run_token_about_to_expire_is_refreshed_and_nothing_is_lost(tmp_pat
     record_a_run(tmp_path, tracker())
     assert [(p["name"], p["value"], p["step"]) for p in run_history[0]["metrics"]] == points(tmp_path)
     assert capsys.readouterr().err == "" and run_history[1] == []
+
+
+def test_the_stand_in_takes_its_refusals_at_control_as_the_rehearsals_container_does(standin_service, refusing):
+    """POST /_control (no run token, as GET /_recorded) sets what app(faults) sets."""
+    url = standin_service[0]
+    assert standin.api(url, "/_control", {"status": 503, "times": 1})["status"] == 503
+    assert refusing["status"] == 503 and refusing["times"] == 1 and refusing["nonfinite"] is True
