@@ -306,7 +306,7 @@ def test_close_takes_mlflows_status_names_only_and_is_safe_before_start(tmp_path
 
 
 def test_the_trainer_finishes_when_azure_mls_run_history_fails_at_start(tmp_path, run_history, monkeypatch, capsys):
-    """Issue 15 point 3: a REST or auth error inside Run.get_context() used to crash setup()."""
+    """A REST or auth error inside Run.get_context() costs one line, not the run (it used to crash setup())."""
     pytest.importorskip("torch")
     from runner import run_main
 
