@@ -3,8 +3,11 @@
 A checkpoint is one self-describing dict (weights, optimizer, RNG, loop state, recipe), written
 by rank 0 atomically and durably, loaded with weights_only=True, refused if its recipe differs.
 Each run has a folder of its own (runs.py): rotation only ever sees that run's files.
+Where the mount refuses renames, checkpoints are written in place (outputs.py): one that a kill cut short
+does not load, or does not match the sha256 recorded in it, and `--resume auto` takes the one before it.
 """
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,23 +36,67 @@ class CheckpointError(TrainerError):
     """A checkpoint that cannot be used; the message says what to do instead."""
 
 
-def find_latest(ckpt_dir):
-    """The newest step-*.pt in ckpt_dir, or None (then `--resume auto` starts afresh)."""
-    found = sorted(Path(ckpt_dir).glob("step-*.pt"))
-    return found[-1] if found else None
+class TornCheckpoint(CheckpointError):
+    """A checkpoint file that is not whole: a kill cut its write short (or it was damaged since)."""
+
+
+def content_sha256(obj, h=None):
+    """sha256 of a checkpoint's contents: every tensor's bytes and every other value's repr, keys in order."""
+    h = hashlib.sha256() if h is None else h
+    if isinstance(obj, torch.Tensor):
+        h.update(f"{obj.dtype}{tuple(obj.shape)}".encode())
+        h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            h.update(repr(key).encode())
+            content_sha256(value, h)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            content_sha256(value, h)
+    else:
+        h.update(repr(obj).encode())
+    return h.hexdigest()
+
+
+def newest_whole(ckpt_dir, recipe):
+    """(path, contents) of the newest step-*.pt in ckpt_dir that is whole, or (None, None) (then `--resume auto`
+    starts afresh). A torn one is passed over in one note line; one of another recipe is still refused."""
+    for path in sorted(Path(ckpt_dir).glob("step-*.pt"), reverse=True):
+        try:
+            ckpt = read(path)
+        except TornCheckpoint as e:
+            print(f"note: {e}, a write cut short: --resume auto takes the checkpoint before it")
+            continue
+        return path, checked(path, ckpt, recipe)
+    return None, None
+
+
+def read(path):
+    """The dict saved at `path`, or TornCheckpoint where it does not load or its sha256 does not match."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TornCheckpoint(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    recorded = ckpt.pop("sha256", None) if isinstance(ckpt, dict) else None
+    if recorded is not None and recorded != content_sha256(ckpt):  # older checkpoints record none
+        raise TornCheckpoint(f"{path} does not match the sha256 recorded in it")
+    return ckpt
 
 
 def load_checkpoint(path, recipe):
-    """The checkpoint at `path` if it was made with the same recipe, else CheckpointError."""
+    """The checkpoint at `path` if it is whole and was made with the same recipe, else CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"--resume {path}: no such file; give an existing checkpoint or --resume auto")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(e).__name__}): delete it, or resume from another file"
-        ) from None
+        ckpt = read(path)
+    except TornCheckpoint as e:
+        raise CheckpointError(f"{e}: delete it, or resume from another file") from None
+    return checked(path, ckpt, recipe)
+
+
+def checked(path, ckpt, recipe):
+    """ckpt, if it is this trainer's and was made with the same recipe, else CheckpointError."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a checkpoint of this trainer (format {FORMAT}): "
@@ -95,6 +142,7 @@ class Checkpoints:
             "state": asdict(state),  # a plain dict: loadable with weights_only=True
             "recipe": self.recipe,
         }
+        ckpt["sha256"] = content_sha256(ckpt)  # what tells a whole file from one a kill cut short (load_checkpoint)
         save_torch(ckpt, path, "--checkpoint-dir")
         rotate(path)
         return path

@@ -23,8 +23,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import outputs
-
 # A local server that is down must cost seconds, not MLflow's defaults (120 s timeout, 7 retries
 # with backoff). Names from mlflow/environment_variables.py (mlflow-skinny 3.15). Only for
 # http(s) servers: Azure ML's azureml:// tracking keeps MLflow's patient defaults.
@@ -302,9 +300,14 @@ class Metrics:
                 break
             kept.append(line)
             self.last[record["name"]] = float(record["value"])
-        trimmed = "".join(line + "\n" for line in kept)
-        if trimmed != text:
-            outputs.atomic_write(self.path, lambda f: f.write(trimmed.encode()))
+        # The lines kept begin the file: the rest is cut off in one step, which a kill cannot tear (rewritten,
+        # in place where the mount refuses renames, the file could lose lines this run does not log again).
+        size, kept_size = len(text.encode()), sum(len(line.encode()) + 1 for line in kept)
+        if kept_size < size:
+            os.truncate(self.path, kept_size)
+        elif kept_size > size:  # every line kept, the last one whole but without its newline
+            append_line(self.path, "")
+        self.sync()
 
     def sync(self):
         """metrics.jsonl on disk up to now: called before a checkpoint, so that what resume() keeps survives

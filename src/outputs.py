@@ -3,6 +3,13 @@
 Every file goes to NAME.tmp, is fsynced, then renamed over NAME, and the folder is fsynced: a
 crash, a power cut or a full disk leaves either the old file or the new one, never a part, and
 no NAME.tmp behind. A write that fails is one OutputError naming the folder and the fix.
+
+Where the folder's mount refuses the rename (blob storage behind FUSE has none), the file is written
+in place instead, said once per folder: a kill can then leave a part of it under its own name, and
+every reader tells a part from a whole file (docs/runtime.md, "Checkpoints and outputs on blob
+storage mounts"): a checkpoint torch.load cannot read, or whose sha256 does not match the one recorded
+in it, is passed over for the one before it; a summary.json that does not parse is a run not finished;
+run.json and outputs/latest that do not parse name no run; metrics.jsonl's torn last line is dropped.
 """
 
 import errno
@@ -23,6 +30,9 @@ TORN = ".tmp"  # atomic_write's NAME.tmp: only a killed process leaves one
 # A folder fsync that a FUSE mount refuses: blobfuse2 answers EIO when it cannot sync (its libfuse
 # handler's fsyncdir), others EINVAL or ENOTSUP. The file itself was fsynced before the rename.
 FSYNC_DIR_REFUSED = (errno.EIO, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF)
+# A rename that a FUSE mount of object storage refuses: ENOTSUP/EOPNOTSUPP (no rename operation),
+# EPERM and ENOSYS (object-store mounts that do not implement it), EXDEV (two names on different backends).
+RENAME_REFUSED = (errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENOSYS)
 # File systems whose files go with the container: its own root (overlay) and a tmpfs such as /tmp.
 VOLATILE = ("overlay", "tmpfs", "aufs", "ramfs")
 MOUNTINFO = "/proc/self/mountinfo"
@@ -61,21 +71,62 @@ def fsync_dir(folder):
         os.close(fd)
 
 
+_in_place = set()  # folders whose mount refused a rename: said once, then their files are written in place
+
+
+def replaced(tmp, path):
+    """os.replace(tmp, path): True, or False (tmp removed, said once for the folder) where the mount refuses it."""
+    try:
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        if e.errno not in RENAME_REFUSED:
+            raise
+        reason = e.strerror
+    tmp.unlink(missing_ok=True)
+    _in_place.add(path.parent)
+    print(
+        f"note: {path.parent}/ refuses renames ({reason}; a blob storage mount?): its files are written in place, "
+        f"and one a kill cut short is told from a whole one when read (a torn checkpoint gives way to the one before)"
+    )
+    return False
+
+
+def write_file(path, write):
+    """write(binary file) into `path`, fsynced: the data is on disk before anything goes on."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_write(path, write, flag="--output-dir"):
-    """write(binary file) into path.tmp, fsync it and its folder, rename over `path`, fsync the folder again."""
+    """write(binary file) into path.tmp, fsync it and its folder, rename over `path`, fsync the folder again.
+    Where the folder's mount refuses renames: write(binary file) into `path` itself, fsynced."""
     path = Path(path)
     tmp = path.with_name(path.name + TORN)
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before any name points at it
-        fsync_dir(path.parent)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)  # and the rename itself survives a power cut
+        # A folder that holds no file does not outlive its mount on blob storage: a checkpoint folder made
+        # at start and written only later is made again.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in _in_place:
+            write_file(tmp, write)
+            fsync_dir(path.parent)
+        if path.parent in _in_place or not replaced(tmp, path):
+            write_file(path, write)
+        fsync_dir(path.parent)  # the rename, or the new name, survives a power cut
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise write_failed(path.parent, e, flag) from None
+
+
+def finished(out_dir):
+    """Whether out_dir holds a finished run: its summary.json, written last, is there and whole (where renames
+    are refused, a kill can leave a part of it, which does not parse)."""
+    try:
+        return isinstance(json.loads((Path(out_dir) / SUMMARY).read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def remove_torn(folder):

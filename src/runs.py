@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import outputs
-from checkpoint import find_latest, load_checkpoint
+from checkpoint import newest_whole
 from cli import recipe
 
 RUN_FILE = "run.json"  # in the output folder: the name of the run whose results it holds
@@ -83,20 +83,28 @@ def latest_name(root):
     """The run outputs/latest points to (a symbolic link, or a file naming it), or None."""
     link = Path(root) / LATEST
     try:
-        return os.readlink(link) if link.is_symlink() else link.read_text().strip() or None
+        if link.is_symlink():
+            return os.readlink(link)
+        text = link.read_text()
     except OSError:
         return None
+    # Written in place (a mount that refuses renames), a kill can leave a part of the name, which may be
+    # another run's: only a whole line names a run.
+    return (text.strip() or None) if text.endswith("\n") else None
 
 
 def point_latest(root, name):
-    """outputs/latest -> name, replaced atomically; a file holding the name where links are refused."""
-    tmp = Path(root) / f".{LATEST}.{os.getpid()}"
+    """outputs/latest -> name, replaced atomically; a file holding the name where links are refused, written
+    in place where renames are."""
+    link, tmp = Path(root) / LATEST, Path(root) / f".{LATEST}.{os.getpid()}"
     tmp.unlink(missing_ok=True)
     try:
         tmp.symlink_to(name, target_is_directory=True)
     except OSError:
         tmp.write_text(name + "\n")
-    os.replace(tmp, Path(root) / LATEST)
+    if not outputs.replaced(tmp, link):
+        link.unlink(missing_ok=True)  # a link would be followed: the file would be written into the run it names
+        outputs.atomic_write(link, lambda f: f.write(f"{name}\n".encode()))
 
 
 def plan(args, environ=os.environ):
@@ -117,7 +125,7 @@ def plan(args, environ=os.environ):
             return found
     # `--resume auto` of a run that wrote no checkpoint starts it again: its partial results go.
     again = args.resume == "auto" and name is not None
-    if again and (out_dir / outputs.SUMMARY).exists():
+    if again and outputs.finished(out_dir):
         why = f"run {name} has finished ({out_dir}/): {NEW_RUN[False]}"
         return RunFolders(name, out_dir, ckpt_root, None, why)
     overwrite = args.overwrite or again
@@ -171,13 +179,12 @@ def continue_run(args, name, out_dir, ckpt_root, new_run):
     """RunFolders continuing run `name` from its newest checkpoint; None if it has none. A run is finished
     when its summary.json, written last, is there: one whose training is done but whose outputs are not
     (killed while writing them) continues into writing them."""
-    ckpt_dir = ckpt_root / name
-    path = find_latest(ckpt_dir)
+    path, ckpt = newest_whole(ckpt_root / name, recipe(args))
     if path is None:
         return None
-    state = load_checkpoint(path, recipe(args))["state"]  # a dict: LoopState's fields
+    state = ckpt["state"]  # a dict: LoopState's fields
     done = None
-    if state["epoch"] >= args.epochs and (Path(out_dir) / outputs.SUMMARY).exists():
+    if state["epoch"] >= args.epochs and outputs.finished(out_dir):
         done = (
             f"run {name} has finished all {state['epoch']} epochs ({out_dir}/): nothing to resume; "
             f"pass --epochs {state['epoch'] + 1} or more to extend it, or {new_run}"
