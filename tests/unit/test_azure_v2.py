@@ -205,6 +205,30 @@ def test_v2_one_device_code_per_make_submit_and_none_at_the_next(tmp_path, mount
 WORKSPACE = "/subscriptions/0/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
 
 
+def upload_with_a_login(tmp_path, monkeypatch, credentials):
+    """`make upload-data` (SDK v2) of a stand-in archive with a login's bearer token, against a workspace whose
+    datastore holds `credentials` ("None": identity-based); (the requests sent, submit's exit status)."""
+    from azure.ai.ml import MLClient
+    from azure.core.credentials import AccessToken
+
+    import aml_v2
+
+    class Login:  # what aml_v2.credential returns: a TokenCredential
+        def get_token(self, *scopes, **kwargs):
+            return AccessToken("the-logins-token", 4102444800)
+
+    sent = answer_workspace_and_storage(monkeypatch, credentials)
+    monkeypatch.setattr(aml_v2, "credential", lambda mode: Login())
+    monkeypatch.setattr(aml_v2, "connect", lambda settings, cred: MLClient(cred, "0", "rg", "ws"))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
+    monkeypatch.setattr(submit, "DATA", data)
+    return sent, submit.main(["upload-data", "--config", str(config)])
+
+
 def answer_workspace_and_storage(monkeypatch, credentials_type):
     """Azure ML's REST API and blob storage at requests' adapter, where azure-core's transport sends every call of
     azure-ai-ml and azure-storage-blob: the datastore (identity-based with credentials_type "None", as on storage
@@ -257,25 +281,8 @@ def test_v2_upload_data_is_a_data_asset_written_with_the_logins_token(source, tm
     """azure-ai-ml's own create_or_update, up to HTTP: on an identity-based datastore it asks the workspace for no
     secret (no listSecrets) and writes every blob with the login's bearer token, never a shared key or SAS; the
     asset lands in LocalUpload/<hash>/data, which is what DATA_PATH must name."""
-    from azure.ai.ml import MLClient
-    from azure.core.credentials import AccessToken
-
-    import aml_v2
-
-    class Login:  # what aml_v2.credential returns: a TokenCredential
-        def get_token(self, *scopes, **kwargs):
-            return AccessToken("the-logins-token", 4102444800)
-
-    sent = answer_workspace_and_storage(monkeypatch, "None")
-    monkeypatch.setattr(aml_v2, "credential", lambda mode: Login())
-    monkeypatch.setattr(aml_v2, "connect", lambda settings, cred: MLClient(cred, "0", "rg", "ws"))
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
-    monkeypatch.setattr(submit, "DATA", data)
-    assert submit.main(["upload-data", "--config", str(config)]) == 0
+    sent, code = upload_with_a_login(tmp_path, monkeypatch, "None")
+    assert code == 0
     blobs = [(method, url) for method, url, auth in sent if "blob.core.windows.net" in url]
     assert [method for method, _ in blobs] == ["HEAD", "PUT", "PUT"]  # exists?, Put Blob, Set Blob Metadata
     assert {auth for _, url, auth in sent if "blob.core.windows.net" in url} == {"Bearer the-logins-token"}
@@ -294,25 +301,8 @@ def test_v2_a_key_signed_datastore_on_storage_that_refuses_keys_is_one_line_nami
     """A datastore registered with the account key (the workspace's own, by default): azure-ai-ml lists a SAS made
     from it, which storage without shared-key access refuses (403 KeyBasedAuthenticationNotPermitted, "This SAS
     token is derived from an account key", github.com/microsoft/rag-experiment-accelerator/issues/866)."""
-    from azure.ai.ml import MLClient
-    from azure.core.credentials import AccessToken
-
-    import aml_v2
-
-    class Login:
-        def get_token(self, *scopes, **kwargs):
-            return AccessToken("the-logins-token", 4102444800)
-
-    sent = answer_workspace_and_storage(monkeypatch, "AccountKey")
-    monkeypatch.setattr(aml_v2, "credential", lambda mode: Login())
-    monkeypatch.setattr(aml_v2, "connect", lambda settings, cred: MLClient(cred, "0", "rg", "ws"))
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"subscription_id": "0", "resource_group": "rg", "workspace_name": "ws"}))
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
-    monkeypatch.setattr(submit, "DATA", data)
-    assert submit.main(["upload-data", "--config", str(config)]) == 1
+    sent, code = upload_with_a_login(tmp_path, monkeypatch, "AccountKey")
+    assert code == 1
     assert any(url.endswith("listSecrets?api-version=2024-10-01-preview") for _, url, _ in sent)
     err = capsys.readouterr().err
     assert (
