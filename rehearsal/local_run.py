@@ -395,11 +395,11 @@ def run_nodes(plan, job, setting, run_id, volumes, command, outputs):
         pulled = time.monotonic()
         if network:
             subprocess.run(["docker", "network", "create", network], check=True, stdout=subprocess.DEVNULL)
-        tracker, tracking = standin.start(plan["sdk"], run_id, job["experiment"], network)
+        tracker, tracking = standin.start(plan["sdk"], run_id, job["experiment"], network, WORKSPACE)
         wd = staging(plan["snapshot"], run_id, *owners(setting, host))
         for node, name in enumerate(names):
             env = {**node_env(job, plan, run_id, node, names[0]), **tracking}
-            create_node(job, setting, run_id, name, env, volumes, network, command)
+            create_node(job, setting, run_id, name, env, volumes + standin.volumes(tracker), network, command)
             # A tar on stdin keeps its owners (no --archive: that would chown all to the container's --user)
             subprocess.run(["docker", "cp", "-", f"{name}:/mnt"], input=wd, check=True)
         codes, began = follow(start_nodes(job, setting, run_id, names, command))

@@ -20,7 +20,9 @@ recorded as unexpected. GET /_recorded serves back what arrived.
 
 v2: Azure ML's MLflow endpoint is played by MLflow's own tracking server (the cifar10-mlflow image,
 mlflow 3.15.0, as its ENTRYPOINT runs it) with the job's run made before the job starts, as Azure ML
-does; record() reads what arrived through MLflow's REST API.
+does, behind an HTTPS front (rehearsal/mlflow_front.py: the workspace's prefix, a bearer token, a test CA
+made for the run). The job gets an azureml:// tracking URI and a token, so its metrics go through
+azureml-mlflow's AzureMLRestStore as on Azure; record() reads what arrived through MLflow's REST API.
 
 The functions above the service run on the host with the standard library only (rehearsal/local_run.py
 starts and stops the stand-in with them); Flask is imported only by the service.
@@ -29,8 +31,10 @@ starts and stops the stand-in with them); Flask is imported only by the service.
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -51,6 +55,10 @@ RUNS = (
 
 
 OPEN = ("/health", "/_recorded", "/discovery")  # the only paths answered without a run token
+# v2: the workspace's MLflow host, <region>.api.azureml.ms (learn.microsoft.com/azure/machine-learning/
+# how-to-use-mlflow-configure-tracking, "Manually"), a name the front answers to on the job's network only.
+MLFLOW_HOST = "local.api.azureml.ms"
+CA_IN_JOB = "/mnt/azureml/rehearsal/tracking-ca.pem"  # the test CA, mounted read-only into the job
 
 
 class StandinError(Exception):
@@ -83,8 +91,9 @@ def wait_healthy(url, container, seconds=120):
     raise StandinError(f"the stand-in {container} did not answer in {seconds} s: {logs.stderr.strip()[-300:]}")
 
 
-def start(sdk, run_id, experiment, network):
-    """Start the stand-in on the job's network; returns (handle, the variables Azure ML would set for it)."""
+def start(sdk, run_id, experiment, network, workspace):
+    """Start the stand-in on the job's network; returns (handle, the variables Azure ML would set for it).
+    workspace: AZUREML_ARM_SUBSCRIPTION, _RESOURCEGROUP and _WORKSPACE_NAME (v2 names the workspace in its URI)."""
     if subprocess.run(["docker", "image", "inspect", IMAGE_MLFLOW], capture_output=True).returncode:
         raise StandinError(f"the tracking stand-in runs in {IMAGE_MLFLOW}, which is missing: make build-mlflow")
     name = f"{network}-standin"
@@ -100,7 +109,9 @@ def start(sdk, run_id, experiment, network):
     handle = {"sdk": sdk, "name": name, "url": "http://" + port[0] if port else None, "run_id": run_id}
     try:
         wait_healthy(handle["url"] or "http://127.0.0.1:1", name)
-        return handle, (prepare_v2 if sdk == "v2" else prepare_v1)(handle, experiment)
+        if sdk == "v2":
+            return handle, prepare_v2(handle, experiment, network, workspace)
+        return handle, prepare_v1(handle, experiment)
     except BaseException:
         stop(handle)
         raise
@@ -117,17 +128,60 @@ def prepare_v1(handle, experiment):
     }
 
 
-def prepare_v2(handle, experiment):
-    """The job's run, made before the job as Azure ML makes it, and the MLflow variables it sets."""
+def prepare_v2(handle, experiment, network, workspace):
+    """The job's run, made before the job as Azure ML makes it, the HTTPS front before MLflow's server, and the
+    variables Azure ML sets for azureml-mlflow (names: azureml/mlflow/_internal/constants.py, MLflowRunEnvVars;
+    all four read in _internal/service_context_loader.py, _mlflow_env_vars_set, and _internal/utils.py,
+    get_service_context_from_tracking_url_mlflow_env_vars)."""
     found = api(handle["url"], "/api/2.0/mlflow/experiments/create", {"name": experiment})
     run = api(handle["url"], "/api/2.0/mlflow/runs/create", {"experiment_id": found["experiment_id"]})["run"]
     handle["mlflow_run_id"] = run["info"]["run_id"]
+    import mlflow_front  # here: the v1 service runs this file alone in its container
+
+    scope = workspace_scope(workspace)
+    token = run_token()  # a JWT: azureml-mlflow reads its exp (azureml_token_authentication.py)
+    handle["front"], handle["token"] = f"{handle['name']}-front", token
+    upstream = f"http://{handle['name']}:{PORT}"
+    handle["front_url"], ca = mlflow_front.start(handle["front"], network, MLFLOW_HOST, upstream, scope, token)
+    handle["ca_dir"] = tempfile.mkdtemp(prefix="azureml-tracking-ca-")
+    handle["ca"] = os.path.join(handle["ca_dir"], "ca.pem")
+    with open(handle["ca"], "w") as f:
+        f.write(ca)
+    os.chmod(handle["ca_dir"], 0o755)  # the job's user, whoever it is, reads the mounted file
+    os.chmod(handle["ca"], 0o644)
+    # The workspace's URI as a job sees it: /mlflow/v1.0 (the "Manually" tab of learn.microsoft.com/azure/
+    # machine-learning/how-to-use-mlflow-configure-tracking) and a trailing ? (azureml-mlflow's own
+    # get_mlflow_tracking_uri in azureml/mlflow/__init__.py; jobs print it so: github.com/mlflow/mlflow/issues/7806)
+    handle["tracking_uri"] = f"azureml://{MLFLOW_HOST}/mlflow/v1.0{scope}?"
     return {
-        "MLFLOW_TRACKING_URI": f"http://{handle['name']}:{PORT}",
+        "MLFLOW_TRACKING_URI": handle["tracking_uri"],
+        "MLFLOW_TRACKING_TOKEN": token,
         "MLFLOW_RUN_ID": run["info"]["run_id"],
         "MLFLOW_EXPERIMENT_ID": found["experiment_id"],
         "MLFLOW_EXPERIMENT_NAME": experiment,
+        # Not Azure's: Azure's front has a public CA's certificate. requests (azureml-mlflow's and MLflow's HTTP)
+        # reads this in place of its own bundle, so the image stays as built.
+        "REQUESTS_CA_BUNDLE": CA_IN_JOB,
+        # Not Azure's either: without it azureml-mlflow asks Azure Resource Manager which cloud it is in
+        # (_common/_cloud/cloud.py, _get_cloud_or_default), which the rehearsal has no way to reach. The value is
+        # the one Microsoft documents for the public cloud (how-to-use-mlflow-configure-tracking, "Nonpublic Azure
+        # Clouds support").
+        "AZUREML_CURRENT_CLOUD": "AzureCloud",
     }
+
+
+def workspace_scope(workspace):
+    """The workspace's path in Azure ML's MLflow URIs (azureml-mlflow's _internal/utils.py, _WORKSPACE_INFO_REGEX)."""
+    return "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.MachineLearningServices/workspaces/{}".format(
+        workspace["AZUREML_ARM_SUBSCRIPTION"],
+        workspace["AZUREML_ARM_RESOURCEGROUP"],
+        workspace["AZUREML_ARM_WORKSPACE_NAME"],
+    )
+
+
+def volumes(handle):
+    """docker -v flags the job's containers need from the stand-in: v2's test CA, read-only."""
+    return ["-v", f"{handle['ca']}:{CA_IN_JOB}:ro"] if handle and handle.get("ca") else []
 
 
 def record(handle):
@@ -150,7 +204,21 @@ def record(handle):
         "params": {p["key"]: p["value"] for p in run["data"].get("params", [])},
         # MLflow's REST API writes NaN (a class absent from a small test set) as the string "NaN"
         "metrics": [{"name": m["key"], "value": float(m["value"]), "step": int(m["step"])} for m in points],
-        "unexpected": [],
+        **front_record(handle),
+    }
+
+
+def front_record(handle):
+    """What the HTTPS front saw: the job's tracking URI, the calls the front forwarded (method and path, each
+    once) and the requests it refused (no token: 401; outside the workspace: 404) as unexpected."""
+    import mlflow_front
+
+    with open(handle["ca"]) as f:
+        got = mlflow_front.recorded(handle["front_url"], f.read(), handle["token"])
+    return {
+        "tracking_uri": handle["tracking_uri"],
+        "forwarded": sorted(set(got["forwarded"])),
+        "unexpected": got["refused"],
     }
 
 
@@ -166,7 +234,10 @@ def stop(handle, save_to=None):
     except (OSError, KeyError, ValueError) as e:
         print(f"stand-in: no record ({e})", file=sys.stderr)
     finally:
-        subprocess.run(["docker", "rm", "-f", handle["name"]], capture_output=True)
+        fronts = [handle["front"]] if handle.get("front") else []
+        subprocess.run(["docker", "rm", "-f", handle["name"], *fronts], capture_output=True)
+        if handle.get("ca_dir"):
+            shutil.rmtree(handle["ca_dir"], ignore_errors=True)
 
 
 # The service: runs in the container (Flask is in the cifar10-mlflow image), or in a test's thread.
