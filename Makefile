@@ -119,9 +119,11 @@ lock: ## re-resolve docker/*.in (runtime, submit-v2, mlflow) into docker/*.lock 
 	  --build-arg LOCK_STAMP="$$(date -u +%FT%TZ)" $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	  $(if $(CA_CERT),--secret id=ca$(comma)src=$(CA_CERT)) .
 
-registry: ## a local registry (port: REGISTRY_PORT, default in compose.yaml), for make submit COMPUTE=local REGISTRY=...
+registry: ## a local registry that asks for a login, as an ACR does (port: REGISTRY_PORT), for make submit COMPUTE=local REGISTRY=...
+	python3 rehearsal/local_workspace.py registry-logins
 	$(COMPOSE) --profile registry up -d --build registry
-	@echo "registry: $$($(COMPOSE) --profile registry port registry 5000) (stop: docker compose --profile registry down)"
+	@address=$$($(COMPOSE) --profile registry port registry 5000); echo "registry: $$address (stop: docker compose --profile registry down)"; \
+	  echo "log in: python3 rehearsal/local_workspace.py registry-token | docker login $$address --username 00000000-0000-0000-0000-000000000000 --password-stdin"
 
 ui: ## start the MLflow tracking server and its UI (127.0.0.1:5000); then: make train MLFLOW=1
 	$(COMPOSE) --profile tracking up -d --build --wait mlflow

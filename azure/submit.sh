@@ -2,8 +2,8 @@
 # `make submit`, in three steps and at most two containers: (1) check the job offline (stale code,
 # TRAIN_ARGS through the trainer's own parser, settings, registry) and log in; (2) push the image by
 # digest from the host; (3) register the Environment and submit. DRY_RUN=1: no network, no credentials;
-# print the push and the exact definitions. COMPUTE=local: push to REGISTRY (e.g. a registry on
-# 127.0.0.1), then run the very job the dry run prints with the host's Docker (rehearsal/local_run.py).
+# print the push and the exact definitions. COMPUTE=local: push to REGISTRY (`make registry`, with the
+# workspace's token), then run the very job the dry run prints with the host's Docker (rehearsal/local_run.py).
 # The job's settings are make's variables, read once by azure/submit.py (compose passes them through).
 # `submit.sh upload-data`: DATA_DIR (./data) to the default datastore (COMPUTE=local: into LOCAL_DATASTORE).
 set -euo pipefail
@@ -40,7 +40,7 @@ if [ "${1:-}" = upload-data ]; then
 fi
 if [ "${COMPUTE:-}" = local ] && [ -z "${REGISTRY:-}" ]; then
   echo "error: COMPUTE=local pulls the image by digest from a registry:" \
-    "set REGISTRY=HOST:PORT (e.g. a docker-registry on 127.0.0.1)" >&2
+    "set REGISTRY=HOST:PORT (make registry starts one on 127.0.0.1 and prints it)" >&2
   exit 1
 fi
 
@@ -53,16 +53,30 @@ if [ -n "$token" ]; then
 elif [ -z "${DRY_RUN:-}" ] && [ "${COMPUTE:-}" != local ]; then
   echo "pushing to $registry with the host's existing docker login" >&2
 fi
+push_config=
+if [ "${COMPUTE:-}" = local ] && [ -z "${DRY_RUN:-}" ]; then
+  # The rehearsal's registry asks for a login, as an ACR does: the workspace's token for it (what the ACR token
+  # exchange gives), checked before the push, in a docker config of this push's own.
+  workspace_token=$(python3 rehearsal/local_workspace.py registry-token) || exit 1
+  push_config=$(mktemp -d)
+  trap 'rm -rf "$push_config"' EXIT
+  if ! said=$(printf '%s' "$workspace_token" | DOCKER_CONFIG=$push_config docker login "$registry" \
+    --username 00000000-0000-0000-0000-000000000000 --password-stdin 2>&1 >/dev/null); then
+    echo "error: cannot log in to $registry with the workspace's token (${said##*$'\n'}): is it the registry" \
+      "make registry started, with these logins? (REGISTRY_CREDENTIALS)" >&2
+    exit 1
+  fi
+fi
 check=$(since "$start")
 
 start=$(now)
-ref=$(bash azure/publish.sh "$IMAGE" "$registry")
+ref=$(env ${push_config:+"DOCKER_CONFIG=$push_config"} bash azure/publish.sh "$IMAGE" "$registry")
 push=$(since "$start")
 
 start=$(now)
 if [ "${COMPUTE:-}" = local ] && [ -z "${DRY_RUN:-}" ]; then
   plan=$(mktemp)
-  trap 'rm -f "$plan"' EXIT
+  trap 'rm -rf "$plan" "$push_config"' EXIT
   aml run --image "$ref" --dry-run >"$plan"
   python3 rehearsal/local_workspace.py register "$plan"
   echo "timing: check $check s, job definition $(since "$start") s" >&2

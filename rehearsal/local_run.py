@@ -3,7 +3,8 @@
     python3 rehearsal/local_run.py PLAN.json      # PLAN.json: `submit.py run --dry-run` (SDK v1 or v2)
 
 Reads the job only from the SDK's own serialization in PLAN.json (v1 runConfiguration, v2 command
-job), never from make's variables: the image by digest, pulled from its registry; the snapshot
+job), never from make's variables: the image by digest, pulled from its registry with only the
+login Azure would give the cluster (pull); the snapshot
 (src/ after .amlignore, as listed in the plan) copied into each node's working directory; the
 interpreter, script and arguments with $AZUREML_DATAREFERENCE_<name>, ${{inputs.<name>}} and
 ${{outputs.<name>}} replaced by mount paths; datastore folders mounted (read-only for ro_mount); the
@@ -38,6 +39,7 @@ owned by OUTPUTS_DIR's owner, like a downloaded run. The trackers' services are 
 Standard library only: it runs on the host, beside Docker. Timings go to stderr.
 """
 
+import base64
 import json
 import os
 import re
@@ -46,8 +48,11 @@ import shlex
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from io import BytesIO
 from pathlib import Path, PurePosixPath
@@ -380,6 +385,91 @@ def extract(tar, member, dest):
     tar.extract(member, dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
 
 
+# Azure ML's Common Runtime, when a node cannot pull the job's image (github.com/Azure/azureml-examples/issues/3463;
+# the registry's own answer beside it, "unauthorized: authentication required": github.com/Azure/
+# MachineLearningNotebooks/issues/1733, learn.microsoft.com/troubleshoot/azure/azure-container-registry/
+# authentication-required).
+# The manifest types a node accepts (Docker's and OCI's, as docker pull asks for them).
+MANIFESTS = ", ".join(
+    [
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    ]
+)
+PULL_FAILED = (
+    "Failed to pull Docker image {image}. This error may occur because the compute could not authenticate with the "
+    "Docker registry to pull the image. If using ACR please ensure the ACR has Admin user enabled or a Managed "
+    "Identity with `AcrPull` access to the ACR is assigned to the compute."
+)
+
+
+def pull(image, state):
+    """Pull the job's image as a node does: logged in only as Azure ML's runtime would be (local_workspace.pull_login:
+    the registry's admin user if it is on, else the cluster's identity if it holds AcrPull), in a docker config of
+    its own, never the user's ~/.docker; `state` is what Azure would hold (local_workspace.resources)."""
+    login = local_workspace.pull_login(state)
+    said = refusal(image, login) or docker_pull(image, login)
+    if not said:
+        return
+    if "unauthorized" not in said and "no basic auth credentials" not in said:
+        raise LocalRunError(f"cannot pull {image}: is the registry running, and was the image pushed there? ({said})")
+    where = local_workspace.resources_file()
+    why = (
+        f"the registry refused {login[0]}'s login: {local_workspace.credentials_file()} is not its logins"
+        if login
+        else f"{where} says the registry's admin user is off and the cluster has no identity with AcrPull on it: set "
+        f"registry.properties.adminUserEnabled to true, or give compute an identity and a roleAssignments entry for "
+        f"it with AcrPull (remove {where}: make submit's own, a system-assigned identity with AcrPull)"
+    )
+    raise LocalRunError(f"{PULL_FAILED.format(image=image)} (registry: {said}; here, {why})")
+
+
+def basic(login):
+    return base64.b64encode(":".join(login).encode()).decode()
+
+
+def refusal(image, login):
+    """What a registry on this host answers a node that asks for the image's manifest with `login` (None: no login):
+    None when it gives it, else its error as docker prints it ("unauthorized: authentication required"). Asked
+    here because the host's Docker, which already holds the digest it pushed, pulls it without asking; a new node
+    has no such copy. Other registries, and ones that answer with a token challenge, are left to docker pull."""
+    host, _, name = image.partition("/")
+    repository, _, digest = name.partition("@")
+    if host.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost") or not digest:
+        return None
+    request = urllib.request.Request(f"http://{host}/v2/{repository}/manifests/{digest}", headers={"Accept": MANIFESTS})
+    if login:
+        request.add_header("Authorization", f"Basic {basic(login)}")
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=30):
+            return None
+    except urllib.error.HTTPError as e:
+        if e.code != 401 or not e.headers.get("WWW-Authenticate", "").lower().startswith("basic"):
+            return None
+        (error, *_) = json.loads(e.read() or b"{}").get("errors") or [{}]
+        return f"{error.get('code', 'UNAUTHORIZED').lower()}: {error.get('message', 'authentication required')}"
+    except OSError:  # not listening: docker pull says so
+        return None
+
+
+def docker_pull(image, login):
+    """`docker pull` with a docker config of its own holding `login` alone; None, or the last line it said."""
+    with tempfile.TemporaryDirectory() as config:
+        if login:
+            auths = {"auths": {image.split("/", 1)[0]: {"auth": basic(login)}}}
+            Path(config, "config.json").write_text(json.dumps(auths))
+        r = subprocess.run(
+            ["docker", "pull", "--quiet", image],
+            env={**os.environ, "DOCKER_CONFIG": config},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    return (r.stderr.strip().splitlines() or ["no reason given"])[-1] if r.returncode else None
+
+
 def run_nodes(plan, job, setting, run_id, volumes, command, outputs):
     """Pull, one container per node, run the job in them, copy ./outputs out, remove them.
     Returns (exit code, pull seconds, start seconds, training seconds, uids that wrote ./outputs)."""
@@ -390,8 +480,7 @@ def run_nodes(plan, job, setting, run_id, volumes, command, outputs):
     tracker = None
     try:
         start = time.monotonic()
-        if subprocess.run(["docker", "pull", "--quiet", job["image"]], stdout=subprocess.DEVNULL).returncode:
-            raise LocalRunError(f"cannot pull {job['image']}: is the registry running, and was the image pushed there?")
+        pull(job["image"], local_workspace.resources())
         pulled = time.monotonic()
         if network:
             subprocess.run(["docker", "network", "create", network], check=True, stdout=subprocess.DEVNULL)

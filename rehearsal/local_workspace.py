@@ -2,6 +2,8 @@
 
     python3 rehearsal/local_workspace.py register PLAN.json   # the plan's Environment, as Azure ML registers it
     python3 rehearsal/local_workspace.py upload-data [PLAN]   # ./data into the local datastore (make upload-data)
+    python3 rehearsal/local_workspace.py registry-logins      # the registry's logins, made if missing (make registry)
+    python3 rehearsal/local_workspace.py registry-token       # the password make submit pushes with
 
 Environments: name, version and definition, in .azureml/local-environments.json (beside the
 workspace's config.json: this rehearsal's workspace), across runs. Azure ML refuses a changed
@@ -11,13 +13,18 @@ create_or_update PUTs the version it is given, azureml-core's register likewise)
 derives each version from its whole definition (aml.environment_version): the same build pushed to another
 registry is another definition and another version, the same definition again is accepted.
 The datastore: LOCAL_DATASTORE (default .), the folder local_run.py mounts datastore paths from.
+The registry (`make registry`) asks for a login, as an ACR does: its logins are in
+.azureml/local-registry-credentials (REGISTRY_CREDENTIALS names another file), and what Azure would hold about
+who may pull from it, in .azureml/local-resources.json (see registry_logins and resources below).
 Standard library only: it runs on the host, beside Docker.
 """
 
 import json
 import os
+import secrets
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 # The rehearsal's one import from azure/: the job description (the data path the submit side uses).
@@ -124,11 +131,107 @@ def upload_data(plan=None):
     )
 
 
+# --- Who may push to and pull from the registry -----------------------------------------------------------------
+# An ACR asks every client for a login. Its token exchange gives any Azure AD principal with a role on it (the
+# person who pushes, a cluster's managed identity that pulls) a token to log in with under this username, and
+# its admin user logs in under the registry's name (learn.microsoft.com/azure/container-registry/
+# container-registry-authentication: `az acr login --expose-token`, "Admin account").
+TOKEN_USER = "00000000-0000-0000-0000-000000000000"
+REGISTRY_NAME = "local"
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"  # the AcrPull role's id (aml.PULL_ROLES)
+
+
+def credentials_file():
+    return Path(os.environ.get("REGISTRY_CREDENTIALS") or Path(".azureml") / "local-registry-credentials")
+
+
+def registry_logins(create=False):
+    """{username: password} of the registry's logins (docker/registry-entrypoint.sh reads the same file): the
+    token that ACR's exchange would give, and the admin user's. `make registry` makes them (create=True)."""
+    path = credentials_file()
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = f"{TOKEN_USER}:{secrets.token_hex(24)}\n{REGISTRY_NAME}:{secrets.token_hex(24)}\n"
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(lines)
+    if not path.is_file():
+        raise LocalWorkspaceError(
+            f"{path} holds no registry logins: `make registry` starts the registry and writes them there "
+            f"(REGISTRY_CREDENTIALS=FILE names the file of another one: USER:PASSWORD, one a line)"
+        )
+    logins = dict(line.split(":", 1) for line in path.read_text().splitlines() if ":" in line)
+    if not {TOKEN_USER, REGISTRY_NAME} <= logins.keys():
+        raise LocalWorkspaceError(f"{path} lacks {TOKEN_USER}'s or {REGISTRY_NAME}'s login: remove it, make registry")
+    return logins
+
+
+def resources_file():
+    return Path(".azureml") / "local-resources.json"
+
+
+def resources():
+    """What Azure would hold about who may pull the job's image, in the shape a dry run's AZURE_RESOURCES takes
+    (aml.state_from: ARM's registry, compute and roleAssignments). Written on first use as make submit leaves
+    Azure: a registry with its admin user off (as make attach-registry and `az acr create` make it), a cluster with
+    a system-assigned identity (aml_v1/aml_v2 create it so) holding AcrPull on the registry. Edit it to rehearse
+    another workspace; remove it to start over."""
+    path = resources_file()
+    if path.is_file():
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict):
+            raise LocalWorkspaceError(f"{path} is not a JSON object with registry, compute, roleAssignments")
+        return state
+    registry = (
+        f"/subscriptions/{uuid.UUID(int=0)}/resourceGroups/local/providers/Microsoft.ContainerRegistry/registries/"
+        f"{REGISTRY_NAME}"
+    )
+    principal = str(uuid.uuid4())
+    state = {
+        "registry": {"id": registry, "name": REGISTRY_NAME, "properties": {"adminUserEnabled": False}},
+        "compute": {
+            "identity": {"type": "SystemAssigned", "principalId": principal},
+            "properties": {"computeType": "AmlCompute", "properties": {}},
+        },
+        "roleAssignments": [
+            {
+                "properties": {
+                    "roleDefinitionId": f"/providers/Microsoft.Authorization/roleDefinitions/{ACR_PULL}",
+                    "principalId": principal,
+                    "scope": registry,
+                }
+            }
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2) + "\n")
+    return state
+
+
+def pull_login(state):
+    """(username, password) that Azure ML's runtime pulls the job's image with, or None: the registry's admin user
+    if it is on, else the token of the cluster's managed identity if it holds a pull role on the registry (aml.py's
+    check_pull_identity says why). None: the node pulls with no login, and the registry refuses it."""
+    if aml.props(state.get("registry")).get("adminUserEnabled"):
+        return REGISTRY_NAME, registry_logins()[REGISTRY_NAME]
+    principals = aml.principals(state.get("compute"))
+    for assignment in state.get("roleAssignments") or []:
+        granted = aml.props(assignment)
+        role = granted.get("roleDefinitionId", "").rsplit("/", 1)[-1]
+        if principals and role in aml.PULL_ROLES and granted.get("principalId", principals[0]) in principals:
+            return TOKEN_USER, registry_logins()[TOKEN_USER]
+    return None
+
+
 def main(argv):
     if argv[:1] == ["register"] and len(argv) == 2:
         print(f"environment {register(json.loads(Path(argv[1]).read_text()))} registered", file=sys.stderr)
     elif argv[:1] == ["upload-data"] and len(argv) <= 2:
         upload_data(json.loads(Path(argv[1]).read_text()) if len(argv) == 2 else None)
+    elif argv == ["registry-logins"]:
+        registry_logins(create=True)
+        print(f"registry logins: {credentials_file()}", file=sys.stderr)
+    elif argv == ["registry-token"]:
+        print(registry_logins()[TOKEN_USER])
     else:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2

@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
+import pytest
 from ports import free_port
 
 from e2e_env import ROOT, UID, build_labels, submit_env, tracked_copy
@@ -58,18 +60,27 @@ def test_make_registry_serves_pushes_on_its_own_port(tmp_path):
     MLflow's port 5000; any small local image stands in for the trainer's."""
     port = str(free_port())
     env = {**os.environ, "REGISTRY_PORT": port, "COMPOSE_PROJECT_NAME": f"cifar10-registry-{os.getpid()}"}
+    env["REGISTRY_CREDENTIALS"] = str(tmp_path / "logins")  # its logins, outside the checkout
+    pushing = {**env, "DOCKER_CONFIG": str(tmp_path / "docker")}  # logged in as make registry says, here only
     small = subprocess.check_output(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], text=True)
     base = os.environ.get("BASE_IMAGE") or next(i for i in small.split() if not i.endswith(":<none>"))
     probe = f"127.0.0.1:{port}/probe:1"
     try:
         r = subprocess.run(["make", "registry"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0 and f"registry: 127.0.0.1:{port}" in r.stdout, r.stdout + r.stderr
+        (login,) = [line.removeprefix("log in: ") for line in r.stdout.splitlines() if line.startswith("log in: ")]
         subprocess.run(["docker", "tag", base, probe], check=True)
         for _ in range(3):  # the registry may take a moment to listen
-            if subprocess.run(["docker", "push", "-q", probe], capture_output=True).returncode == 0:
+            logged_in = subprocess.run(["sh", "-c", login], cwd=ROOT, env=pushing, capture_output=True).returncode == 0
+            if logged_in and subprocess.run(["docker", "push", "-q", probe], env=pushing).returncode == 0:
                 break
             time.sleep(2)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/_catalog", timeout=10) as catalog:
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # as an ACR: no login, no answer
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/_catalog", timeout=10)
+        auths = json.loads((tmp_path / "docker" / "config.json").read_text())["auths"]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/_catalog")
+        request.add_header("Authorization", f"Basic {auths[f'127.0.0.1:{port}']['auth']}")
+        with urllib.request.urlopen(request, timeout=10) as catalog:
             assert json.load(catalog)["repositories"] == ["probe"]
     finally:
         subprocess.run(["docker", "image", "rm", probe], capture_output=True)

@@ -17,6 +17,7 @@ import tarfile
 import pytest
 
 from e2e_env import IMAGE, ROOT, UID, copy_submit_tree, submit_env, submit_sh
+from local_registry import get, tags
 
 FAST = "--epochs 1 --fake-data 64 --batch-size 8"
 DATA = "/mnt/azureml/data"  # where rehearsal/local_run.py mounts datastore folders
@@ -391,3 +392,65 @@ def test_a_preempted_job_restarted_with_its_run_id_resumes_exactly(
     assert code == 0 and summary, out[-3000:]
     assert "resumed from " in out
     assert summary["weights_sha256"] == weights
+
+
+def test_the_registry_asks_for_a_login_as_an_acr_does(registry):
+    assert get(registry, "", login=False).status == 401
+    assert get(registry, "").status == 200
+
+
+# What the rehearsal's workspace says Azure holds (.azureml/local-resources.json, AZURE_RESOURCES' shape).
+REGISTRY_ID = "/subscriptions/0/resourceGroups/local/providers/Microsoft.ContainerRegistry/registries/local"
+PRINCIPAL = "11111111-2222-3333-4444-555555555555"
+ROLE = "/providers/Microsoft.Authorization/roleDefinitions/7f951dda-4ed3-4680-a7ca-43fe172d538d"  # AcrPull
+ACR_PULL = {"properties": {"roleDefinitionId": ROLE, "principalId": PRINCIPAL}}
+
+
+def azure_holds(admin=False, identity=False, roles=()):
+    compute = {"properties": {"computeType": "AmlCompute", "properties": {}}}
+    compute["identity"] = {"type": "SystemAssigned", "principalId": PRINCIPAL} if identity else {"type": "None"}
+    registry = {"id": REGISTRY_ID, "name": "local", "properties": {"adminUserEnabled": admin}}
+    return {"registry": registry, "compute": compute, "roleAssignments": list(roles)}
+
+
+def test_a_cluster_that_cannot_authenticate_fails_at_the_pull_as_on_azure_and_pulls_once_given_an_identity(
+    registry, pushed, tmp_path
+):
+    """The registry's admin user off and a cluster without identity: the job fails at the pull with Azure ML's
+    own words, nothing pushed is lost; the same workspace once its cluster has an identity with AcrPull pulls."""
+    tree = copy_submit_tree(tmp_path, "outputs", "datastore")
+    workspace = tree / ".azureml" / "local-resources.json"
+    workspace.write_text(json.dumps(azure_holds()))
+    env = {"COMPUTE": "local", "LOCAL_DATASTORE": str(tree / "datastore"), "TRAIN_ARGS": FAST}
+    r = submit_sh(tree, registry, timeout=900, **env)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    (line,) = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    image = f"{registry}/cifar10-trainer@{pushed}"
+    assert line.startswith(f"error: Failed to pull Docker image {image}. This error may occur because the compute")
+    assert "ensure the ACR has Admin user enabled or a Managed Identity with `AcrPull` access to the ACR" in line
+    assert "(registry: unauthorized: authentication required; " in line and "adminUserEnabled" in line, line
+    assert not list((tree / "outputs").rglob("summary.json"))  # no container ran
+    assert get(registry, f"cifar10-trainer/manifests/{pushed}").status == 200 and tags(registry)  # nothing lost
+
+    workspace.write_text(json.dumps(azure_holds(identity=True, roles=[ACR_PULL])))
+    r = submit_sh(tree, registry, timeout=900, **env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (summary,) = (tree / "outputs").rglob("summary.json")
+    assert json.loads(summary.read_text())["image_ref"] == image
+
+
+def test_the_rehearsal_pulls_only_with_what_azure_would_give_the_cluster(tmp_path, monkeypatch):
+    """The admin user if it is on, else the cluster's identity's token if it holds AcrPull, else nothing."""
+    import local_workspace
+
+    monkeypatch.setenv("REGISTRY_CREDENTIALS", str(tmp_path / "logins"))
+    logins = local_workspace.registry_logins(create=True)
+    token = (local_workspace.TOKEN_USER, logins[local_workspace.TOKEN_USER])
+    assert local_workspace.pull_login(azure_holds(admin=True)) == ("local", logins["local"])
+    assert local_workspace.pull_login(azure_holds(identity=True, roles=[ACR_PULL])) == token
+    assert local_workspace.pull_login(azure_holds(identity=True)) is None  # an identity without AcrPull
+    assert local_workspace.pull_login(azure_holds(roles=[ACR_PULL])) is None  # a role, but no identity holds it
+    assert local_workspace.pull_login(azure_holds()) is None
+    monkeypatch.chdir(tmp_path)  # what make submit creates: a system-assigned identity with AcrPull
+    assert local_workspace.pull_login(local_workspace.resources()) == token
+    assert local_workspace.resources() == json.loads((tmp_path / ".azureml" / "local-resources.json").read_text())
