@@ -34,8 +34,15 @@ now() { echo "${EPOCHREALTIME:-$(date +%s)}"; }
 since() { awk "BEGIN {printf \"%.1f\", $(now) - $1}"; }
 
 if [ "${1:-}" = upload-data ]; then
-  if [ "${COMPUTE:-}" = local ]; then exec python3 rehearsal/local_workspace.py upload-data; fi
   data=$(realpath "${DATA_DIR:-data}")
+  if [ "${COMPUTE:-}" = local ]; then
+    # The SDK's own upload call, as its dry run prints it; the rehearsal's datastore refuses one that needs a key.
+    plan=$(mktemp)
+    trap 'rm -f "$plan"' EXIT
+    docker compose --profile azure run --rm -T -v "$data:/work/data:ro" "$service" upload-data --dry-run >"$plan"
+    python3 rehearsal/local_workspace.py upload-data "$plan"
+    exit 0
+  fi
   exec docker compose --profile azure run --rm -v "$data:/work/data:ro" "$service" upload-data "${dry[@]}"
 fi
 if [ "${COMPUTE:-}" = local ] && [ -z "${REGISTRY:-}" ]; then

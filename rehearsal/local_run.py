@@ -57,6 +57,7 @@ import uuid
 from io import BytesIO
 from pathlib import Path, PurePosixPath
 
+import mlflow_front
 import standin
 
 import local_workspace
@@ -540,6 +541,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         raise SystemExit(main())
-    except LocalRunError as e:
+    except (LocalRunError, standin.StandinError, mlflow_front.FrontError) as e:  # the rehearsal's own: one line
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -33,12 +33,15 @@ def registered(worktree):
 
 
 def test_make_submit_then_sdk_v1_on_one_build_both_run(worktree, registry):
-    for sdk in ({}, {"SDK": "v1"}):  # no SDK is v2
+    # No SDK is v2, here as 2 nodes of 2 ranks each, started as Azure's defaults start them (the wrapper, root)
+    for sdk, ranks in (({"NODES": "2", "PROCS_PER_NODE": "2"}, 4), ({"SDK": "v1"}, 1)):
         r, made = submit(worktree, registry, TRAIN_ARGS=FAST, **sdk)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        assert ("note: SDK v1 (azureml-core) is past its end of support" in r.stderr) == bool(sdk)
+        assert ("note: SDK v1 (azureml-core) is past its end of support" in r.stderr) == ("SDK" in sdk)
         assert len(made) == 1 and "timing: push" in r.stderr and ", training " in r.stderr
         assert "timing: check " in r.stderr  # the phases before the push, timed too
+        assert "rehearsing: LOCAL_START=wrapper LOCAL_USER=root" in r.stderr
+        assert json.loads(next(iter(made)).read_text())["world_size"] == ranks
     names = sorted(key.split(":")[0] for key in registered(worktree))
     assert names == ["cifar10-trainer", "cifar10-trainer-v2"]  # each SDK's definition, a name of its own
     r, _ = submit(worktree, registry, SDK="v1", TRAIN_ARGS=FAST)  # the same definition again: accepted
