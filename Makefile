@@ -104,7 +104,7 @@ test: lint build build-submit-v2 build-mlflow build-browser test-unit test-e2e #
 test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the submit-v2 image)
 	$(COMPOSE) run --rm test
 	$(COMPOSE) --profile azure run --rm -v $(CURDIR)/tests:/app/tests:ro -v $(CURDIR)/pyproject.toml:/app/pyproject.toml:ro \
-	  -v $(CURDIR)/src:/app/src:ro -w /app --entrypoint python submit-v2 -m pytest -p no:cacheprovider tests/unit/test_azure_v2.py tests/unit/test_fetch_v2.py
+	  -v $(CURDIR)/src:/app/src:ro -v $(CURDIR)/rehearsal:/app/rehearsal:ro -w /app --entrypoint python submit-v2 -m pytest -p no:cacheprovider tests/unit/test_azure_v2.py tests/unit/test_fetch_v2.py
 
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
 	PYTHONDONTWRITEBYTECODE=1 $(PYTEST) -p no:cacheprovider --durations=10 tests/e2e
