@@ -11,6 +11,7 @@ MOUNTPOINT:/work/checkpoints) meets what an Azure ML rw_mount of a blob containe
   https://github.com/safetensors/safetensors/issues/792);
 - no chmod or chown on a flat namespace (https://github.com/Azure/azure-storage-fuse/wiki/Blobfuse2-Limitations);
 - a folder fsync that fails (blobfuse2's libfuse handler answers fsyncdir with EIO when it cannot sync).
+`make submit COMPUTE=local` mounts LOCAL_DATASTORE with it for the run, where it can (rehearsal/local_run.py).
 Needs libfuse2 (Debian's libfuse2) and fusepy (tests/requirements-host.txt); mounts with allow_other, so that the
 container's user, whoever it is, reaches the files (as root, or with user_allow_other in /etc/fuse.conf).
 """

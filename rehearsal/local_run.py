@@ -33,13 +33,19 @@ tests' parameters (tests/e2e/test_submit_local.py runs each; a user needs none o
   LOCAL_RUN_ID: start the run of that id again, as a preempted job restarts with its run id (the trainer
     resumes from CHECKPOINT_PATH); its ./outputs lands over the first start's.
 Also: LOCAL_DATASTORE (default .): the host folder that stands for the datastores, so DATA_PATH=data
-mounts ./data; OUTPUTS_DIR (default ./outputs): the run's ./outputs lands in OUTPUTS_DIR/local-<run id>/,
+mounts ./data. Azure ML mounts a datastore through blobfuse2, so where it can (root, /dev/fuse, and an interpreter
+that imports fusepy over libfuse2: HOST_VENV's, default .venv-host, or this one) the rehearsal mounts LOCAL_DATASTORE
+through rehearsal/blobmount.py for the run (renames refused, as blob storage has none) and the job's datastore
+folders come from that mount; elsewhere they are bind mounts of LOCAL_DATASTORE. One stderr line says which
+("datastore: ..."). LOCAL_DATASTORE_MOUNT, a test's parameter: fuse (stop in one line where FUSE is not here)
+or bind. OUTPUTS_DIR (default ./outputs): the run's ./outputs lands in OUTPUTS_DIR/local-<run id>/,
 owned by OUTPUTS_DIR's owner, like a downloaded run. The trackers' services are a local stand-in
 (rehearsal/standin.py, in IMAGE_MLFLOW): what they received lands in the run's outputs as tracker.json.
 Standard library only: it runs on the host, beside Docker. Timings go to stderr.
 """
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -63,6 +69,8 @@ import standin
 import local_workspace
 
 WRAPPER = Path(__file__).with_name("execution-wrapper.sh")
+BLOBMOUNT = Path(__file__).with_name("blobmount.py")
+MOUNT_SECONDS = 30  # how long blobmount.py may take to mount, and to exit once unmounted
 DATA = "/mnt/azureml/data"  # where datastore folders are mounted
 # Set by Azure ML for every run; azureml-core's Run.get_context() reads them (azureml/core/run.py,
 # Run._load_scope). AZUREML_RUN_TOKEN and the service endpoints come from the tracking stand-in.
@@ -195,8 +203,12 @@ def settings():
         raise LocalRunError(f"LOCAL_SIGTERM={sigterm}: use kill (the default) or forward")
     if not grace.isdigit():
         raise LocalRunError(f"LOCAL_GRACE={grace}: use a whole number of seconds, such as 30")
+    datastore = env("LOCAL_DATASTORE_MOUNT") or ""
+    if datastore not in ("", "fuse", "bind"):
+        raise LocalRunError(f"LOCAL_DATASTORE_MOUNT={datastore}: use fuse or bind (unset: FUSE where it can)")
     uid = None if user == "image" else 0 if user == "root" else int(user)
-    return {"start": start, "user": user, "outputs": outputs, "sigterm": sigterm, "grace": grace, "uid": uid}
+    setting = {"start": start, "user": user, "outputs": outputs, "sigterm": sigterm, "grace": grace, "uid": uid}
+    return {**setting, "datastore": datastore}
 
 
 def run_id_for(experiment):
@@ -251,17 +263,99 @@ def owned(info, owner):
     return info
 
 
-def mounts(job, datastore):
-    """-v flags for the datastore folders, and the argv with mount paths in place of the placeholders."""
+def mounts(job, datastore, source):
+    """-v flags for the datastore folders, and the argv with mount paths in place of the placeholders. The
+    folders are made in `datastore` (LOCAL_DATASTORE) and mounted from `source`: the same folder, or its blob mount."""
     volumes, argv = [], list(job["argv"])
     for name, (path, read_only, placeholder) in job["mounts"].items():
         host = (datastore / path).resolve()
         if read_only and not host.is_dir():
             raise LocalRunError(f"{name}: {host} does not exist: put the data there or set LOCAL_DATASTORE")
         host.mkdir(parents=True, exist_ok=True)
-        volumes += ["-v", f"{host}:{DATA}/{name}" + (":ro" if read_only else "")]
+        volumes += ["-v", f"{(source / path).resolve()}:{DATA}/{name}" + (":ro" if read_only else "")]
         argv = [a.replace(placeholder, f"{DATA}/{name}") for a in argv]
     return volumes, argv
+
+
+def fuse_python(venv=None):
+    """(the interpreter that can run blobmount.py, None) or (None, why there is none). It needs root (a mount
+    with allow_other, so that any job user reaches the files), /dev/fuse, and an interpreter that imports fusepy
+    over libfuse2: `venv`'s (default HOST_VENV, else .venv-host, where make installs tests/requirements-host.txt)
+    or this one."""
+    if os.geteuid() != 0:
+        return None, "not root, which a mount with allow_other needs"
+    if not Path("/dev/fuse").exists():
+        return None, "no /dev/fuse"
+    venv = Path(venv or os.environ.get("HOST_VENV") or ".venv-host")
+    said = f"{venv}/bin/python is missing"
+    for python in (venv / "bin" / "python", Path(sys.executable)):
+        if python.is_file():
+            r = subprocess.run([str(python), "-c", "import fuse"], capture_output=True, text=True)
+            if r.returncode == 0:
+                return str(python), None
+            said = (r.stderr.strip().splitlines() or [f"{python} exited {r.returncode}"])[-1]
+    why = f"neither {venv}/bin/python nor {sys.executable} imports fusepy over libfuse2 ({said})"
+    return None, f"{why}: install tests/requirements-host.txt there (make .venv-host) and Debian's libfuse2"
+
+
+def mounted(path):
+    """Whether `path` is a mount point, even one whose FUSE process is gone (os.path.ismount says no there)."""
+    return str(path) in {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()}
+
+
+@contextlib.contextmanager
+def datastore_source(job, datastore, mode):
+    """Where the job's datastore folders are mounted from: LOCAL_DATASTORE through rehearsal/blobmount.py, as Azure
+    ML mounts a datastore (ro_mount and rw_mount are blobfuse2 mounts of the storage account's container:
+    https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2), for as long as the run; or
+    LOCAL_DATASTORE itself (bind mounts) where FUSE is not here, or with LOCAL_DATASTORE_MOUNT=bind.
+    LOCAL_DATASTORE_MOUNT=fuse stops in one line where FUSE is not here. Says on stderr which it did."""
+    if not job["mounts"]:
+        yield datastore
+        return
+    python, why = (None, "LOCAL_DATASTORE_MOUNT=bind") if mode == "bind" else fuse_python()
+    if python is None and mode == "fuse":
+        raise LocalRunError(f"LOCAL_DATASTORE_MOUNT=fuse: no FUSE here: {why}")
+    if python is None:
+        print(f"datastore: bind mounts ({why if mode == 'bind' else 'no FUSE here: ' + why})", file=sys.stderr)
+        yield datastore
+        return
+    mountpoint = Path(tempfile.mkdtemp(prefix="azureml-datastore-")).resolve()  # as /proc/self/mounts names it
+    with tempfile.TemporaryFile("w+") as log:
+        # A session of its own: a Ctrl-C stops this runner, which removes the containers, then unmounts
+        argv = [python, str(BLOBMOUNT), str(datastore.resolve()), str(mountpoint)]
+        mount = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        try:
+            deadline = time.monotonic() + MOUNT_SECONDS
+            while not mounted(mountpoint):
+                if mount.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    said = (log.read().strip().splitlines() or [f"exited {mount.returncode}"])[-1]
+                    raise LocalRunError(f"rehearsal/blobmount.py did not mount {datastore} on {mountpoint}: {said}")
+                time.sleep(0.05)
+            print(
+                f"datastore: blob semantics through FUSE ({datastore} through rehearsal/blobmount.py: renames, "
+                f"chmod and chown refused, as on a blobfuse2 mount)",
+                file=sys.stderr,
+            )
+            yield mountpoint
+        finally:
+            unmount(mountpoint, mount)
+
+
+def unmount(mountpoint, mount):
+    """Unmount (lazily if a process still holds it), let blobmount.py exit, and remove the mount point."""
+    if mounted(mountpoint) and subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
+        subprocess.run(["umount", "--lazy", str(mountpoint)], capture_output=True)
+    try:
+        mount.wait(timeout=MOUNT_SECONDS)
+    except subprocess.TimeoutExpired:
+        mount.kill()
+        mount.wait()
+    if mounted(mountpoint):
+        print(f"warning: {mountpoint} is still mounted: umount {mountpoint}", file=sys.stderr)
+    else:
+        mountpoint.rmdir()
 
 
 def node_env(job, plan, run_id, node, master):
@@ -515,13 +609,16 @@ def main(argv=None):
     job = (job_v2 if plan["sdk"] == "v2" else job_v1)(plan)
     run_id = run_id_for(job["experiment"])
     outputs = Path(os.environ.get("OUTPUTS_DIR", "outputs")) / f"local-{run_id}"
-    volumes, command = mounts(job, Path(os.environ.get("LOCAL_DATASTORE", ".")))
-    print(f"run {run_id}: {shlex.join(command)}", file=sys.stderr)
-    print(
-        "rehearsing: " + " ".join(f"LOCAL_{k.upper()}={setting[k]}" for k in ("start", "user", "outputs", "sigterm")),
-        file=sys.stderr,
-    )
-    code, pull, start, training, writers = run_nodes(plan, job, setting, run_id, volumes, command, outputs)
+    datastore = Path(os.environ.get("LOCAL_DATASTORE", "."))
+    with datastore_source(job, datastore, setting["datastore"]) as source:
+        volumes, command = mounts(job, datastore, source)
+        print(f"run {run_id}: {shlex.join(command)}", file=sys.stderr)
+        print(
+            "rehearsing: "
+            + " ".join(f"LOCAL_{k.upper()}={setting[k]}" for k in ("start", "user", "outputs", "sigterm")),
+            file=sys.stderr,
+        )
+        code, pull, start, training, writers = run_nodes(plan, job, setting, run_id, volumes, command, outputs)
     push = os.environ.get("PUSH_SECONDS")
     print(
         "timing: "

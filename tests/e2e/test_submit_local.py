@@ -12,15 +12,21 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
 
 import pytest
 
+import local_run
 from e2e_env import IMAGE, ROOT, UID, copy_submit_tree, submit_env, submit_sh
 from local_registry import get, tags
 
 FAST = "--epochs 1 --fake-data 64 --batch-size 8"
 DATA = "/mnt/azureml/data"  # where rehearsal/local_run.py mounts datastore folders
+# The datastore through rehearsal/blobmount.py, run by this interpreter (its fusepy: tests/requirements-host.txt),
+# where FUSE is here; else WHY_NO_FUSE says why not.
+FUSE_PYTHON, WHY_NO_FUSE = local_run.fuse_python(sys.prefix)
+BLOB_MOUNT = {"LOCAL_DATASTORE_MOUNT": "fuse", "HOST_VENV": sys.prefix} if FUSE_PYTHON else {}
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +166,39 @@ def test_the_rehearsals_settings_are_checked_before_anything_starts(worktree):
     )
     assert r.returncode == 1
     assert r.stderr == "error: LOCAL_START=attach: use wrapper (the default), entrypoint, bypass or exec\n"
+    r = subprocess.run(
+        ["python3", "rehearsal/local_run.py", "plan.json"],
+        cwd=worktree,
+        env={**environment(worktree, "unused"), "LOCAL_DATASTORE_MOUNT": "blob"},
+        input="",
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1
+    assert r.stderr == "error: LOCAL_DATASTORE_MOUNT=blob: use fuse or bind (unset: FUSE where it can)\n"
+
+
+def test_a_datastore_forced_through_fuse_where_there_is_none_stops_in_one_line(worktree, tmp_path):
+    if subprocess.run(["python3", "-c", "import fuse"], capture_output=True).returncode == 0:
+        pytest.skip("the host's python3 imports fusepy itself: LOCAL_DATASTORE_MOUNT=fuse may find FUSE here")
+    uri = "azureml://datastores/workspaceblobstore/paths/ck"
+    job = {
+        "environment": {"image": "unused"},
+        "component": {"command": "python train.py --checkpoint-dir ${{outputs.ck}}"},
+        "resources": {"shm_size": "2g"},
+        "outputs": {"ck": {"mode": "rw_mount", "path": uri}},
+    }
+    (tmp_path / "plan.json").write_text(json.dumps({"sdk": "v2", "experiment_name": "day1-experiment", "job": job}))
+    r = subprocess.run(
+        ["python3", "rehearsal/local_run.py", str(tmp_path / "plan.json")],
+        cwd=worktree,
+        env={**environment(worktree, "unused"), "LOCAL_DATASTORE_MOUNT": "fuse", "HOST_VENV": str(tmp_path)},
+        input="",
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: LOCAL_DATASTORE_MOUNT=fuse: no FUSE here: ") and r.stderr.count("\n") == 1
 
 
 # Test harness only: torchvision checks the real CIFAR-10's md5s; the fixture's own are expected instead.
@@ -366,8 +405,10 @@ def preemptible(worktree, registry, pushed, tmp_path_factory):
     plan = tmp_path_factory.mktemp("preempt") / "plan.json"
     job = dry_run(worktree, registry, SDK="v2", CHECKPOINT_PATH="ck", TRAIN_ARGS=PREEMPTIBLE)
     plan.write_text(json.dumps(job))
-    code, out, summary = start(worktree, registry, plan, f"uninterrupted-{os.getpid()}")
+    # Checkpoints on a bind mount here; the preempted runs checkpoint through the blob mount where FUSE is here
+    code, out, summary = start(worktree, registry, plan, f"uninterrupted-{os.getpid()}", LOCAL_DATASTORE_MOUNT="bind")
     assert code == 0 and summary, out[-3000:]
+    assert "datastore: bind mounts (LOCAL_DATASTORE_MOUNT=bind)" in out
     assert "rehearsing: LOCAL_START=wrapper LOCAL_USER=root LOCAL_OUTPUTS=job LOCAL_SIGTERM=kill" in out
     assert "./outputs written as uid 0\n" in out
     return plan, summary["weights_sha256"]
@@ -385,13 +426,20 @@ def test_a_preempted_job_restarted_with_its_run_id_resumes_exactly(
 ):
     plan, weights = preemptible
     run_id = f"preempted-{sigterm}-{os.getpid()}"
-    code, out, summary = start(worktree, registry, plan, run_id, preempt=True, LOCAL_SIGTERM=sigterm, LOCAL_GRACE=grace)
-    assert code == first_exit and summary is None, out[-3000:]
-    assert ("stopped by SIGTERM" in out) == (sigterm == "forward"), out[-3000:]
-    code, out, summary = start(worktree, registry, plan, run_id)
+    signals = {"LOCAL_SIGTERM": sigterm, "LOCAL_GRACE": grace}
+    code, first, summary = start(worktree, registry, plan, run_id, preempt=True, **signals, **BLOB_MOUNT)
+    assert code == first_exit and summary is None, first[-3000:]
+    assert ("stopped by SIGTERM" in first) == (sigterm == "forward"), first[-3000:]
+    code, out, summary = start(worktree, registry, plan, run_id, **BLOB_MOUNT)
     assert code == 0 and summary, out[-3000:]
     assert "resumed from " in out
     assert summary["weights_sha256"] == weights
+    if not FUSE_PYTHON:  # the rest passed over bind mounts
+        pytest.skip(f"checkpoints through the blob mount: {WHY_NO_FUSE}")
+    # Both starts checkpointed through the blob mount: written in place, as renames are refused there
+    for said in (first, out):
+        assert "datastore: blob semantics through FUSE (" in said, said[-3000:]
+        assert f"note: {DATA}/checkpoints/{run_id}/ refuses renames (Operation not supported; " in said, said[-3000:]
 
 
 def test_the_registry_asks_for_a_login_as_an_acr_does(registry):
