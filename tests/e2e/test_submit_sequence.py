@@ -6,13 +6,19 @@ The local workspace keeps its environment registry across runs and answers as Az
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
 import local_registry
+import local_run
 from e2e_env import copy_submit_tree, submit_env, submit_sh
 
 FAST = "--epochs 1 --fake-data 64 --batch-size 8"
+# The datastore through rehearsal/blobmount.py, run by this interpreter (its fusepy: tests/requirements-host.txt),
+# where FUSE is here; else WHY_NO_FUSE says why not.
+FUSE_PYTHON, WHY_NO_FUSE = local_run.fuse_python(sys.prefix)
+BLOB_MOUNT = {"LOCAL_DATASTORE_MOUNT": "fuse", "HOST_VENV": sys.prefix} if FUSE_PYTHON else {}
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +91,15 @@ def test_upload_data_then_submit_with_data_path_as_the_tutorials_part_4(worktree
     )
     assert r.returncode == 0, r.stderr
     assert (worktree / "datastore" / "datasets" / "cifar10" / "cifar-10-python.tar.gz").is_file()
-    r, made = submit(worktree, registry, DATA_PATH="datasets/cifar10", TRAIN_ARGS=FAST)
+    r, made = submit(worktree, registry, DATA_PATH="datasets/cifar10", TRAIN_ARGS=FAST, **BLOB_MOUNT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (summary,) = made
     assert "day1-experiment-data" in str(summary)  # part 4's experiment, as DATA_PATH implies
     # The named input mounted where its placeholder stood (${{inputs.cifar10}} in the default v2 job)
     assert json.loads(summary.read_text())["config"]["data_dir"] == "/mnt/azureml/data/cifar10"
+    if not FUSE_PYTHON:  # the rest passed over bind mounts
+        assert "datastore: bind mounts (no FUSE here: " in r.stderr, r.stderr[-3000:]
+        pytest.skip(f"the named input through the blob mount: {WHY_NO_FUSE}")
+    # Read through the blob mount, as Azure ML's ro_mount of the datastore, unmounted when the run ended
+    assert "datastore: blob semantics through FUSE (" in r.stderr, r.stderr[-3000:]
+    assert not [line for line in open("/proc/self/mounts") if "azureml-datastore-" in line]
