@@ -33,7 +33,7 @@ tests' parameters (tests/e2e/test_submit_local.py runs each; a user needs none o
   LOCAL_RUN_ID: start the run of that id again, as a preempted job restarts with its run id (the trainer
     resumes from CHECKPOINT_PATH); its ./outputs lands over the first start's.
 Also: LOCAL_DATASTORE (default .): the host folder that stands for the datastores, so DATA_PATH=data
-mounts ./data. Azure ML mounts a datastore through blobfuse2, so where it can (root, /dev/fuse, and an interpreter
+mounts ./data. Azure ML mounts a datastore through FUSE, so where it can (root, /dev/fuse, and an interpreter
 that imports fusepy over libfuse2: HOST_VENV's, default .venv-host, or this one) the rehearsal mounts LOCAL_DATASTORE
 through rehearsal/blobmount.py for the run (renames refused, as blob storage has none) and the job's datastore
 folders come from that mount; elsewhere they are bind mounts of LOCAL_DATASTORE. One stderr line says which
@@ -306,8 +306,9 @@ def mounted(path):
 @contextlib.contextmanager
 def datastore_source(job, datastore, mode):
     """Where the job's datastore folders are mounted from: LOCAL_DATASTORE through rehearsal/blobmount.py, as Azure
-    ML mounts a datastore (ro_mount and rw_mount are blobfuse2 mounts of the storage account's container:
-    https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2), for as long as the run; or
+    ML mounts a datastore (ro_mount and rw_mount: a FUSE mount of the blob container made by its data runtime,
+    https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2; what it refuses: docs/runtime.md,
+    "Checkpoints and outputs on blob storage mounts"), for as long as the run; or
     LOCAL_DATASTORE itself (bind mounts) where FUSE is not here, or with LOCAL_DATASTORE_MOUNT=bind.
     LOCAL_DATASTORE_MOUNT=fuse stops in one line where FUSE is not here. Says on stderr which it did."""
     if not job["mounts"]:
@@ -335,7 +336,7 @@ def datastore_source(job, datastore, mode):
                 time.sleep(0.05)
             print(
                 f"datastore: blob semantics through FUSE ({datastore} through rehearsal/blobmount.py: renames, "
-                f"chmod and chown refused, as on a blobfuse2 mount)",
+                f"chmod and chown refused, as on Azure ML's blob storage mounts)",
                 file=sys.stderr,
             )
             yield mountpoint
