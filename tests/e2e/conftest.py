@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -20,4 +19,4 @@ def dirs(tmp_path):
 def registry():
     """One registry on 127.0.0.1 for the whole session: the first push sends the 6 GB image, later pushes
     (publish tests, every `make submit COMPUTE=local`) find its layers there."""
-    yield from local_registry.serve(f"cifar10-e2e-registry-{os.getpid()}")
+    yield from local_registry.serve(local_registry.SESSION)

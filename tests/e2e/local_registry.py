@@ -17,15 +17,20 @@ from pathlib import Path
 from ports import free_port
 
 import local_workspace
-from e2e_env import compose
+from e2e_env import ROOT, compose
 
 # The docker config the host's commands used before any registry was served: where the CLI finds its plugins.
 USUAL_CONFIG = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
 LOGGED_IN = {}  # address: basic auth, of every registry this session serves
 
 
-def serve(project):
-    """Yield the registry's address (HOST:PORT) while it runs; its storage is a volume removed after. While it
+SESSION = f"cifar10-e2e-registry-{os.getpid()}"  # the compose project of the session's registry (conftest.py)
+
+
+def serve(project, storage_of=None):
+    """Yield the registry's address (HOST:PORT) while it runs; its storage is a volume removed after, or the
+    storage of the registry that compose project `storage_of` runs (the image's layers are there already, so a
+    push sends only its manifest, not 6 GB again; that registry removes it). While it
     runs, REGISTRY_CREDENTIALS names its logins (one file for all the session's registries, as one Azure AD
     identity has a role on several ACRs) and DOCKER_CONFIG a docker config logged in to each with the workspace's
     token, for the pushes the tests make themselves (azure/publish.sh); both are restored after."""
@@ -36,6 +41,10 @@ def serve(project):
     os.environ.setdefault("REGISTRY_CREDENTIALS", str(folder / "logins"))
     token = local_workspace.registry_logins(create=True)[local_workspace.TOKEN_USER]
     env = {**os.environ, "COMPOSE_PROJECT_NAME": project, "REGISTRY_PORT": str(port)}
+    if storage_of:  # compose.yaml, with its `registry` volume made the other project's (external: kept at down)
+        shared = {"volumes": {"registry": {"external": True, "name": f"{storage_of}_registry"}}}
+        (folder / "compose.storage.yaml").write_text(json.dumps(shared))
+        env["COMPOSE_FILE"] = os.pathsep.join([str(ROOT / "compose.yaml"), str(folder / "compose.storage.yaml")])
     try:
         compose(env, "--profile", "registry", "up", "-d", "--build", "registry", timeout=900)
         for _ in range(50):

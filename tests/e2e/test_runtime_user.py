@@ -44,7 +44,9 @@ def run_as(user, command, cwd):
     prefix = "" if IMAGE == DEFAULT_IMAGE else f"IMAGE={shlex.quote(IMAGE)} "
     line = f"cd {shlex.quote(str(cwd))} && {prefix}{command}"
     argv = ["bash", "-c", line] if user == "root" else ["su", user, "-s", "/bin/bash", "-c", line]
-    env = {k: v for k, v in os.environ.items() if k not in ("IMAGE", "LOCAL_UID", "LOCAL_GID", "OUTPUTS_DIR")}
+    # Nor the session registry's login (DOCKER_CONFIG, REGISTRY_CREDENTIALS: root's files, tests/e2e/local_registry.py)
+    session = ("IMAGE", "LOCAL_UID", "LOCAL_GID", "OUTPUTS_DIR", "DOCKER_CONFIG", "REGISTRY_CREDENTIALS")
+    env = {k: v for k, v in os.environ.items() if k not in session}
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
 
 

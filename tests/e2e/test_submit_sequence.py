@@ -55,8 +55,9 @@ def test_make_submit_then_sdk_v1_on_one_build_both_run(worktree, registry):
 
 
 @pytest.fixture(scope="module")
-def second_registry():
-    yield from local_registry.serve(f"cifar10-e2e-second-registry-{os.getpid()}")
+def second_registry(registry):
+    """Another registry, on the session registry's storage: another address (another definition), the same layers."""
+    yield from local_registry.serve(f"cifar10-e2e-second-registry-{os.getpid()}", storage_of=local_registry.SESSION)
 
 
 def test_the_same_build_pushed_to_a_second_registry_is_a_new_version_not_a_refusal(worktree, registry, second_registry):
