@@ -136,18 +136,7 @@ def test_a_run_killed_in_the_middle_of_any_write_on_the_mount_is_completed_exact
         if resumed != [0]:
             failures.append(f"write {k} ({write}): --resume auto exited {resumed}:\n{kill.log_of(folder)[-2000:]}")
             continue
-        summary, rows, run_dir = kill.finished(folder)
-        problems = [
-            what
-            for what, bad in (
-                ("weights", summary["weights_sha256"] != whole_summary["weights_sha256"]),
-                ("summary.json", summary != whole_summary),
-                ("metrics.jsonl", rows != whole_rows),
-                (f"torn files {kill.leftovers(run_dir)}", kill.leftovers(run_dir)),
-                ("curves.png", not (run_dir / "curves.png").is_file()),
-            )
-            if bad
-        ]
+        problems, _ = kill.differences(folder, whole_summary, whole_rows)
         if problems:
             failures.append(f"write {k} ({write}): {', '.join(problems)} differ")
     assert not failures, "\n".join(failures)

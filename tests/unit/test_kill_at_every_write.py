@@ -177,6 +177,23 @@ def leftovers(run_dir):
     return sorted(p.name for folder in folders for p in folder.glob(f"*{outputs.TORN}"))
 
 
+def differences(folder, whole_summary, whole_rows):
+    """(what of folder's completed run differs from the uninterrupted one, [] if nothing; its summary)."""
+    summary, rows, run_dir = finished(folder)
+    problems = [
+        what
+        for what, bad in (
+            ("weights", summary["weights_sha256"] != whole_summary["weights_sha256"]),
+            ("summary.json", summary != whole_summary),
+            ("metrics.jsonl", rows != whole_rows),
+            (f"torn files {leftovers(run_dir)}", leftovers(run_dir)),
+            ("curves.png", not (run_dir / "curves.png").is_file()),
+        )
+        if bad
+    ]
+    return problems, summary
+
+
 def log_of(folder):
     return "\n".join(p.read_text() for p in sorted(folder.glob("log-*.txt")))
 
@@ -238,18 +255,7 @@ def test_a_run_killed_at_any_write_is_completed_by_resume_auto(census, world, ph
         if resumed != [0] * world:
             failures.append(f"write {k} ({write}), {phase}: --resume auto exited {resumed}:\n{log_of(folder)[-2000:]}")
             continue
-        summary, rows, run_dir = finished(folder)
-        problems = [
-            what
-            for what, bad in (
-                ("weights", summary["weights_sha256"] != whole_summary["weights_sha256"]),
-                ("summary.json", summary != whole_summary),
-                ("metrics.jsonl", rows != whole_rows),
-                (f"torn files {leftovers(run_dir)}", leftovers(run_dir)),
-                ("curves.png", not (run_dir / "curves.png").is_file()),
-            )
-            if bad
-        ]
+        problems, summary = differences(folder, whole_summary, whole_rows)
         if problems:
             diff = {k: (v, whole_summary.get(k)) for k, v in summary.items() if v != whole_summary.get(k)}
             failures.append(f"write {k} ({write}), {phase}: {', '.join(problems)} differ: {diff}")
