@@ -107,7 +107,7 @@ test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the 
 	  -v $(CURDIR)/src:/app/src:ro -v $(CURDIR)/rehearsal:/app/rehearsal:ro -w /app --entrypoint python submit-v2 -m pytest -p no:cacheprovider tests/unit/test_azure_v2.py tests/unit/test_fetch_v2.py
 
 test-e2e: $(HOST_VENV) ## end-to-end tests from the host: docker compose run train, outputs on the host
-	PYTHONDONTWRITEBYTECODE=1 $(PYTEST) -p no:cacheprovider --durations=10 tests/e2e
+	PYTHONDONTWRITEBYTECODE=1 $(PYTEST) -p no:cacheprovider --durations=20 tests/e2e
 
 lint: $(HOST_VENV) ## ruff over src, tests, bench, azure, rehearsal; actionlint over .github/workflows
 	$(HOST_VENV)/bin/ruff check --no-cache src tests bench azure rehearsal
