@@ -36,7 +36,8 @@ def test_what_the_cloud_receives_is_what_metrics_jsonl_holds(worktree, registry,
     r = submit_sh(worktree, registry, timeout=900, COMPUTE="local", SDK=sdk, TRAIN_ARGS=FAST)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (outputs,) = set((worktree / "outputs").iterdir()) - before
-    (run,) = (s.parent for s in outputs.rglob("summary.json"))  # the trainer keeps a folder per run in ./outputs
+    run = outputs  # in an Azure ML job the run is ./outputs itself: summary.json at outputs/summary.json
+    assert (run / "summary.json").is_file(), sorted(p.name for p in run.iterdir())
     written = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     got = json.loads((outputs / "tracker.json").read_text())
 

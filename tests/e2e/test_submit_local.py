@@ -133,7 +133,7 @@ def test_the_dry_runs_job_runs_locally_and_records_the_pushed_digest(
     r, outputs = submit(worktree, registry, **env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert outputs is not None and outputs.name.startswith("local-day1-experiment-train_")
-    (summary_file,) = outputs.rglob("summary.json")  # the trainer keeps a folder per run in ./outputs
+    summary_file = outputs / "summary.json"  # in an Azure ML job the run is ./outputs itself, no folder below
     summary = json.loads(summary_file.read_text())
     assert summary["image_ref"] == f"{registry}/cifar10-trainer@{pushed}"  # by digest alone, as registered
     assert summary["world_size"] == nodes * procs
@@ -395,8 +395,8 @@ def start(worktree, registry, plan, run_id, preempt=False, **env):
             subprocess.run(["docker", "kill", "--signal", "TERM", f"azureml-{run_id}-0".lower()], check=True)
             preempt = False
     code = p.wait(timeout=600)
-    found = list((worktree / "outputs" / f"local-{run_id}").rglob("summary.json"))
-    return code, "".join(lines), json.loads(found[0].read_text()) if found else None
+    found = worktree / "outputs" / f"local-{run_id}" / "summary.json"  # the job's outputs/summary.json
+    return code, "".join(lines), json.loads(found.read_text()) if found.is_file() else None
 
 
 @pytest.fixture(scope="module")
@@ -483,7 +483,7 @@ def test_a_cluster_that_cannot_authenticate_fails_at_the_pull_as_on_azure_and_pu
     workspace.write_text(json.dumps(azure_holds(identity=True, roles=[ACR_PULL])))
     r = submit_sh(tree, registry, timeout=900, **env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    (summary,) = (tree / "outputs").rglob("summary.json")
+    (summary,) = (tree / "outputs").glob("local-*/summary.json")  # the job's outputs/summary.json
     assert json.loads(summary.read_text())["image_ref"] == image
 
 

@@ -29,9 +29,9 @@ def worktree(tmp_path_factory):
 
 def submit(worktree, registry, **env):
     """azure/submit.sh as `make submit COMPUTE=local` runs it; returns (result, the run's new outputs folders)."""
-    before = set((worktree / "outputs").rglob("summary.json"))
+    before = set((worktree / "outputs").glob("local-*/summary.json"))  # each job's outputs/summary.json
     r = submit_sh(worktree, registry, timeout=900, COMPUTE="local", LOCAL_DATASTORE=str(worktree / "datastore"), **env)
-    return r, set((worktree / "outputs").rglob("summary.json")) - before
+    return r, set((worktree / "outputs").glob("local-*/summary.json")) - before
 
 
 def registered(worktree):
