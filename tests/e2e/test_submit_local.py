@@ -155,27 +155,25 @@ def test_a_uid_without_a_writable_outputs_folder_stops_in_one_line(worktree, reg
     assert "Traceback" not in r.stdout and not list(outputs.rglob("summary.json"))
 
 
-def test_the_rehearsals_settings_are_checked_before_anything_starts(worktree):
+@pytest.mark.parametrize(
+    "setting,error",
+    [
+        ("LOCAL_START=attach", "use wrapper (the default), entrypoint, bypass or exec"),
+        ("LOCAL_DATASTORE_MOUNT=blob", "use fuse or bind (unset: FUSE where it can)"),
+    ],
+)
+def test_the_rehearsals_settings_are_checked_before_anything_starts(worktree, setting, error):
+    name, value = setting.split("=")
     r = subprocess.run(
         ["python3", "rehearsal/local_run.py", "plan.json"],
         cwd=worktree,
-        env={**environment(worktree, "unused"), "LOCAL_START": "attach"},
+        env={**environment(worktree, "unused"), name: value},
         input="",
         capture_output=True,
         text=True,
     )
     assert r.returncode == 1
-    assert r.stderr == "error: LOCAL_START=attach: use wrapper (the default), entrypoint, bypass or exec\n"
-    r = subprocess.run(
-        ["python3", "rehearsal/local_run.py", "plan.json"],
-        cwd=worktree,
-        env={**environment(worktree, "unused"), "LOCAL_DATASTORE_MOUNT": "blob"},
-        input="",
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 1
-    assert r.stderr == "error: LOCAL_DATASTORE_MOUNT=blob: use fuse or bind (unset: FUSE where it can)\n"
+    assert r.stderr == f"error: {setting}: {error}\n"
 
 
 def test_a_datastore_forced_through_fuse_where_there_is_none_stops_in_one_line(worktree, tmp_path):
