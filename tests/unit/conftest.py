@@ -63,3 +63,15 @@ def source(submit_source, monkeypatch, request):
 
     monkeypatch.setattr(submit, "SDK", request.module.SDK)
     return submit_source
+
+
+@pytest.fixture
+def upload_folders(tmp_path, monkeypatch):
+    """(./data holding a stand-in archive, the rehearsal's datastore) for `make upload-data`, both SDKs:
+    DATA_DIR and LOCAL_DATASTORE name them."""
+    data, store = tmp_path / "data", tmp_path / "datastore"
+    data.mkdir()
+    (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
+    monkeypatch.setenv("DATA_DIR", str(data))
+    monkeypatch.setenv("LOCAL_DATASTORE", str(store))
+    return data, store

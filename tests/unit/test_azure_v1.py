@@ -421,18 +421,14 @@ def test_upload_data_signs_with_the_login_not_a_storage_key(source, config, monk
 
 
 def test_the_rehearsals_datastore_takes_the_upload_plan_and_refuses_a_key_signed_one(
-    source, monkeypatch, tmp_path, capsys
+    source, monkeypatch, upload_folders, capsys
 ):
     """`make upload-data DRY_RUN=1` prints the SDK call and its arguments; the rehearsal's datastore, identity-based
     on storage that refuses shared keys, copies after this plan and refuses datastore.upload's, copying nothing."""
     from azureml.data.azure_storage_datastore import AzureBlobDatastore
 
-    data, store = tmp_path / "data", tmp_path / "datastore"
-    data.mkdir()
-    (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
+    data, store = upload_folders
     monkeypatch.setattr(submit, "DATA", data)
-    monkeypatch.setenv("DATA_DIR", str(data))
-    monkeypatch.setenv("LOCAL_DATASTORE", str(store))
     assert submit.main(["upload-data", "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan == {

@@ -312,15 +312,11 @@ def test_v2_a_key_signed_datastore_on_storage_that_refuses_keys_is_one_line_nami
     )
 
 
-def test_v2_upload_plan_is_the_data_asset_the_rehearsal_takes(source, tmp_path, monkeypatch, capsys):
+def test_v2_upload_plan_is_the_data_asset_the_rehearsal_takes(source, upload_folders, monkeypatch, capsys):
     """`make upload-data DRY_RUN=1`: the call and the asset as azure-ai-ml serializes it; the rehearsal's datastore
     (identity-based, shared keys refused) takes it and copies the data set to DATA_PATH."""
-    data, store = tmp_path / "data", tmp_path / "datastore"
-    data.mkdir()
-    (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
+    data, store = upload_folders
     monkeypatch.setattr(submit, "DATA", data)
-    monkeypatch.setenv("DATA_DIR", str(data))
-    monkeypatch.setenv("LOCAL_DATASTORE", str(store))
     monkeypatch.setenv("DATASTORE", "cifarstore")
     assert submit.main(["upload-data", "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
