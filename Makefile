@@ -12,7 +12,8 @@ TRAIN_ARGS   ?= $(EPOCHS_FLAG)
 PROCS        ?= 2
 IMAGE_MLFLOW  ?= cifar10-mlflow:local
 IMAGE_BROWSER ?= cifar10-browser:local
-export IMAGE_MLFLOW IMAGE_BROWSER
+IMAGE_AZURITE ?= cifar10-azurite:local
+export IMAGE_MLFLOW IMAGE_BROWSER IMAGE_AZURITE
 # make train MLFLOW=1: log the run to the compose MLflow server (`make ui` starts it).
 ifdef MLFLOW
 export MLFLOW_TRACKING_URI ?= http://mlflow:5000
@@ -52,7 +53,7 @@ comma   := ,
 PYTEST  := $(HOST_VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help build build-submit-v2 build-mlflow build-browser registry ui train train-ddp train-2node dirs submit upload-data attach-registry test test-unit test-e2e lint lock bench bench-ddp numerics-matrix compare fetch clean
+.PHONY: help build build-submit-v2 build-mlflow build-browser build-azurite registry ui train train-ddp train-2node dirs submit upload-data attach-registry test test-unit test-e2e lint lock bench bench-ddp numerics-matrix compare fetch clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -65,6 +66,8 @@ build-mlflow: ## the MLflow server's image (make ui; COMPUTE=local's stand-ins)
 	$(call BUILD,--profile tracking,mlflow)
 build-browser: ## the headless browser the tracking test uses
 	$(call BUILD,--profile browser,browser)
+build-azurite: ## Azurite, the Azure Storage emulator's blob service (pinned: docker/azurite/package-lock.json)
+	$(call BUILD,--profile rehearsal,azurite)
 
 train: build dirs ## train in the image: make train EPOCHS=1 ARGS="--fake-data 2000"
 	$(COMPOSE) run --rm train $(EPOCHS_FLAG) $(ARGS)
@@ -99,7 +102,7 @@ attach-registry: build-submit-v2 ## create (ACR=NAME) and attach the workspace's
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	$(COMPOSE) --profile azure run --rm submit-v2 attach-registry $(if $(DRY_RUN),--dry-run)
 
-test: lint build build-submit-v2 build-mlflow build-browser test-unit test-e2e ## lint, build, unit tests in the images, end-to-end tests
+test: lint build build-submit-v2 build-mlflow build-browser build-azurite test-unit test-e2e ## lint, build, unit tests in the images, end-to-end tests
 
 test-unit: ## unit tests, inside the training image (and the SDK v2 ones in the submit-v2 image)
 	$(COMPOSE) run --rm test
