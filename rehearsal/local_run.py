@@ -32,13 +32,15 @@ tests' parameters (tests/e2e/test_submit_local.py runs each; a user needs none o
     still running LOCAL_GRACE seconds later is SIGKILLed (30: Kubernetes' default grace period).
   LOCAL_RUN_ID: start the run of that id again, as a preempted job restarts with its run id (the trainer
     resumes from CHECKPOINT_PATH); its ./outputs lands over the first start's.
-Also: LOCAL_DATASTORE (default .): the host folder that stands for the datastores, so DATA_PATH=data
-mounts ./data. Azure ML mounts a datastore through FUSE, so where it can (root, /dev/fuse, and an interpreter
-that imports fusepy over libfuse2: HOST_VENV's, default .venv-host, or this one) the rehearsal mounts LOCAL_DATASTORE
-through rehearsal/blobmount.py for the run (renames refused, as blob storage has none) and the job's datastore
-folders come from that mount; elsewhere they are bind mounts of LOCAL_DATASTORE. One stderr line says which
+Also: the datastore is blob storage, Azurite (rehearsal/datastore.py; LOCAL_DATASTORE names it), which
+`make upload-data COMPUTE=local` uploads to, so DATA_PATH=datasets/cifar10 mounts what it uploaded. Azure ML mounts
+a datastore through FUSE, so where it can (root, /dev/fuse, and an interpreter that imports fusepy over libfuse2 and
+azure-storage-blob: HOST_VENV's, default .venv-host, or this one) the rehearsal mounts it through
+rehearsal/blobmount.py for the run (over the blob API: renames refused, folders only name prefixes) and the job's
+datastore folders are bind mounts of that mount; elsewhere each folder is downloaded before the run and, if
+written to, uploaded after it (Azure ML's download and upload modes). One stderr line says which
 ("datastore: ..."). LOCAL_DATASTORE_MOUNT, a test's parameter: fuse (stop in one line where FUSE is not here)
-or bind. OUTPUTS_DIR (default ./outputs): the run's ./outputs lands in OUTPUTS_DIR/local-<run id>/,
+or copy. OUTPUTS_DIR (default ./outputs): the run's ./outputs lands in OUTPUTS_DIR/local-<run id>/,
 owned by OUTPUTS_DIR's owner, like a downloaded run. The trackers' services are a local stand-in
 (rehearsal/standin.py, in IMAGE_MLFLOW): what they received lands in the run's outputs as tracker.json.
 Standard library only: it runs on the host, beside Docker. Timings go to stderr.
@@ -63,10 +65,10 @@ import uuid
 from io import BytesIO
 from pathlib import Path, PurePosixPath
 
+import datastore
+import local_workspace
 import mlflow_front
 import standin
-
-import local_workspace
 
 WRAPPER = Path(__file__).with_name("execution-wrapper.sh")
 BLOBMOUNT = Path(__file__).with_name("blobmount.py")
@@ -203,12 +205,12 @@ def settings():
         raise LocalRunError(f"LOCAL_SIGTERM={sigterm}: use kill (the default) or forward")
     if not grace.isdigit():
         raise LocalRunError(f"LOCAL_GRACE={grace}: use a whole number of seconds, such as 30")
-    datastore = env("LOCAL_DATASTORE_MOUNT") or ""
-    if datastore not in ("", "fuse", "bind"):
-        raise LocalRunError(f"LOCAL_DATASTORE_MOUNT={datastore}: use fuse or bind (unset: FUSE where it can)")
+    mount = env("LOCAL_DATASTORE_MOUNT") or ""
+    if mount not in ("", "fuse", "copy"):
+        raise LocalRunError(f"LOCAL_DATASTORE_MOUNT={mount}: use fuse or copy (unset: FUSE where it can)")
     uid = None if user == "image" else 0 if user == "root" else int(user)
     setting = {"start": start, "user": user, "outputs": outputs, "sigterm": sigterm, "grace": grace, "uid": uid}
-    return {**setting, "datastore": datastore}
+    return {**setting, "datastore": mount}
 
 
 def run_id_for(experiment):
@@ -263,16 +265,19 @@ def owned(info, owner):
     return info
 
 
-def mounts(job, datastore, source):
+def mounts(job, source):
     """-v flags for the datastore folders, and the argv with mount paths in place of the placeholders. The
-    folders are made in `datastore` (LOCAL_DATASTORE) and mounted from `source`: the same folder, or its blob mount."""
+    folders are in `source`: the datastore's FUSE mount, or the folder its paths were downloaded to."""
     volumes, argv = [], list(job["argv"])
     for name, (path, read_only, placeholder) in job["mounts"].items():
-        host = (datastore / path).resolve()
+        host = source / path
         if read_only and not host.is_dir():
-            raise LocalRunError(f"{name}: {host} does not exist: put the data there or set LOCAL_DATASTORE")
+            raise LocalRunError(
+                f"{name}: the datastore holds nothing under {path}/: upload it first (make upload-data COMPUTE=local "
+                f"DATA_PATH={path})"
+            )
         host.mkdir(parents=True, exist_ok=True)
-        volumes += ["-v", f"{(source / path).resolve()}:{DATA}/{name}" + (":ro" if read_only else "")]
+        volumes += ["-v", f"{host}:{DATA}/{name}" + (":ro" if read_only else "")]
         argv = [a.replace(placeholder, f"{DATA}/{name}") for a in argv]
     return volumes, argv
 
@@ -280,8 +285,8 @@ def mounts(job, datastore, source):
 def fuse_python(venv=None):
     """(the interpreter that can run blobmount.py, None) or (None, why there is none). It needs root (a mount
     with allow_other, so that any job user reaches the files), /dev/fuse, and an interpreter that imports fusepy
-    over libfuse2: `venv`'s (default HOST_VENV, else .venv-host, where make installs tests/requirements-host.txt)
-    or this one."""
+    over libfuse2 and azure-storage-blob: `venv`'s (default HOST_VENV, else .venv-host, where make installs
+    tests/requirements-host.txt) or this one."""
     if os.geteuid() != 0:
         return None, "not root, which a mount with allow_other needs"
     if not Path("/dev/fuse").exists():
@@ -290,11 +295,11 @@ def fuse_python(venv=None):
     said = f"{venv}/bin/python is missing"
     for python in (venv / "bin" / "python", Path(sys.executable)):
         if python.is_file():
-            r = subprocess.run([str(python), "-c", "import fuse"], capture_output=True, text=True)
+            r = subprocess.run([str(python), "-c", "import fuse, azure.storage.blob"], capture_output=True, text=True)
             if r.returncode == 0:
                 return str(python), None
             said = (r.stderr.strip().splitlines() or [f"{python} exited {r.returncode}"])[-1]
-    why = f"neither {venv}/bin/python nor {sys.executable} imports fusepy over libfuse2 ({said})"
+    why = f"neither {venv}/bin/python nor {sys.executable} imports fusepy over libfuse2 and azure-storage-blob ({said})"
     return None, f"{why}: install tests/requirements-host.txt there (make .venv-host) and Debian's libfuse2"
 
 
@@ -304,27 +309,39 @@ def mounted(path):
 
 
 @contextlib.contextmanager
-def datastore_source(job, datastore, mode):
-    """Where the job's datastore folders are mounted from: LOCAL_DATASTORE through rehearsal/blobmount.py, as Azure
-    ML mounts a datastore (ro_mount and rw_mount: a FUSE mount of the blob container made by its data runtime,
-    https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2; what it refuses: docs/runtime.md,
-    "Checkpoints and outputs on blob storage mounts"), for as long as the run; or
-    LOCAL_DATASTORE itself (bind mounts) where FUSE is not here, or with LOCAL_DATASTORE_MOUNT=bind.
-    LOCAL_DATASTORE_MOUNT=fuse stops in one line where FUSE is not here. Says on stderr which it did."""
+def datastore_source(job, mode):
+    """Where the job's datastore folders are, for as long as the run: the datastore (Azurite) mounted through
+    rehearsal/blobmount.py, as Azure ML mounts a datastore (ro_mount and rw_mount: a FUSE mount of the blob
+    container made by its data runtime, https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2;
+    what it refuses: docs/runtime.md, "Checkpoints and outputs on blob storage mounts"); or, where FUSE is not here
+    or with LOCAL_DATASTORE_MOUNT=copy, a folder each datastore path is downloaded to, and the written ones uploaded
+    from when the run ends (Azure ML's download and upload modes). LOCAL_DATASTORE_MOUNT=fuse stops in one line
+    where FUSE is not here. Says on stderr which it did."""
     if not job["mounts"]:
-        yield datastore
+        yield None
         return
-    python, why = (None, "LOCAL_DATASTORE_MOUNT=bind") if mode == "bind" else fuse_python()
+    python, why = (None, "LOCAL_DATASTORE_MOUNT=copy") if mode == "copy" else fuse_python()
     if python is None and mode == "fuse":
         raise LocalRunError(f"LOCAL_DATASTORE_MOUNT=fuse: no FUSE here: {why}")
+    endpoint = datastore.start()
     if python is None:
-        print(f"datastore: bind mounts ({why if mode == 'bind' else 'no FUSE here: ' + why})", file=sys.stderr)
-        yield datastore
+        copy = Path(tempfile.mkdtemp(prefix="azureml-datastore-"))
+        print(f"datastore: downloaded and uploaded ({why if mode == 'copy' else 'no FUSE here: ' + why})",
+              file=sys.stderr)  # fmt: skip
+        try:
+            for path, _, _ in job["mounts"].values():
+                datastore.get(path, copy / path)
+            yield copy
+            for path, read_only, _ in job["mounts"].values():
+                if not read_only:
+                    datastore.put(list((copy / path).iterdir()), path)
+        finally:
+            datastore.remove(copy)  # as root in a container: the job's files there may be root's
         return
     mountpoint = Path(tempfile.mkdtemp(prefix="azureml-datastore-")).resolve()  # as /proc/self/mounts names it
     with tempfile.TemporaryFile("w+") as log:
         # A session of its own: a Ctrl-C stops this runner, which removes the containers, then unmounts
-        argv = [python, str(BLOBMOUNT), str(datastore.resolve()), str(mountpoint)]
+        argv = [python, str(BLOBMOUNT), endpoint, str(mountpoint)]
         mount = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         try:
             deadline = time.monotonic() + MOUNT_SECONDS
@@ -332,11 +349,11 @@ def datastore_source(job, datastore, mode):
                 if mount.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
                     said = (log.read().strip().splitlines() or [f"exited {mount.returncode}"])[-1]
-                    raise LocalRunError(f"rehearsal/blobmount.py did not mount {datastore} on {mountpoint}: {said}")
+                    raise LocalRunError(f"rehearsal/blobmount.py did not mount {endpoint} on {mountpoint}: {said}")
                 time.sleep(0.05)
             print(
-                f"datastore: blob semantics through FUSE ({datastore} through rehearsal/blobmount.py: renames, "
-                f"chmod and chown refused, as on Azure ML's blob storage mounts)",
+                f"datastore: blob storage through FUSE (Azurite's {datastore.CONTAINER} through "
+                f"rehearsal/blobmount.py: renames, chmod and chown refused, as on Azure ML's blob storage mounts)",
                 file=sys.stderr,
             )
             yield mountpoint
@@ -610,9 +627,8 @@ def main(argv=None):
     job = (job_v2 if plan["sdk"] == "v2" else job_v1)(plan)
     run_id = run_id_for(job["experiment"])
     outputs = Path(os.environ.get("OUTPUTS_DIR", "outputs")) / f"local-{run_id}"
-    datastore = Path(os.environ.get("LOCAL_DATASTORE", "."))
-    with datastore_source(job, datastore, setting["datastore"]) as source:
-        volumes, command = mounts(job, datastore, source)
+    with datastore_source(job, setting["datastore"]) as source:
+        volumes, command = mounts(job, source)
         print(f"run {run_id}: {shlex.join(command)}", file=sys.stderr)
         print(
             "rehearsing: "
@@ -639,6 +655,7 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         raise SystemExit(main())
-    except (LocalRunError, standin.StandinError, mlflow_front.FrontError) as e:  # the rehearsal's own: one line
+    except (LocalRunError, datastore.DatastoreError, standin.StandinError, mlflow_front.FrontError) as e:
+        # the rehearsal's own: one line
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -12,7 +12,7 @@ registered and cannot be changed" (github.com/Azure/azure-cli-extensions/issues/
 create_or_update PUTs the version it is given, azureml-core's register likewise); so does this. make submit
 derives each version from its whole definition (aml.environment_version): the same build pushed to another
 registry is another definition and another version, the same definition again is accepted.
-The datastore: LOCAL_DATASTORE (default .), the folder local_run.py mounts datastore paths from.
+The datastore: blob storage in Azurite (rehearsal/datastore.py), which local_run.py mounts datastore paths from.
 The registry (`make registry`) asks for a login, as an ACR does: its logins are in
 .azureml/local-registry-credentials (REGISTRY_CREDENTIALS names another file), and what Azure would hold about
 who may pull from it, in .azureml/local-resources.json (see registry_logins and resources below).
@@ -22,25 +22,29 @@ Standard library only: it runs on the host, beside Docker.
 import json
 import os
 import secrets
-import shutil
 import sys
 import uuid
 from pathlib import Path
 
-# The rehearsal's one import from azure/: the job description (the data path the submit side uses).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "azure"))
-import aml  # noqa: E402
+import datastore
 
 
 class LocalWorkspaceError(Exception):
     pass
 
 
+def job_description():
+    """azure/aml.py, the rehearsal's one import from azure/: the job description (the data path the submit side
+    uses, who may pull). Found beside this folder when this file runs as a script, as make runs it."""
+    azure = str(Path(__file__).resolve().parents[1] / "azure")
+    if azure not in sys.path:
+        sys.path.append(azure)
+    import aml
+
+    return aml
+
+
 CIFAR10 = ("cifar-10-batches-py", "cifar-10-python.tar.gz")  # what torchvision's reader finds in a data folder
-
-
-def datastore():
-    return Path(os.environ.get("LOCAL_DATASTORE", "."))
 
 
 def registry_file():
@@ -107,8 +111,9 @@ def check_upload(plan):
 
 
 def upload_data(plan=None):
-    """`make upload-data COMPUTE=local`: the data set in DATA_DIR (./data) copied to DATA_PATH (aml.DATA_TARGET)
-    in the datastore; a folder without one (a fresh clone's ./data holds .gitkeep) is refused, and so is an
+    """`make upload-data COMPUTE=local`: the data set in DATA_DIR (./data) uploaded to DATA_PATH (aml.DATA_TARGET)
+    in the datastore, through azure-storage-blob (rehearsal/datastore.py); a folder without one (a fresh clone's
+    ./data holds .gitkeep) is refused, and so is an
     upload `plan` (what the SDK would call, as its dry run prints it) that would need a storage key."""
     if plan is not None:
         check_upload(plan)
@@ -118,15 +123,12 @@ def upload_data(plan=None):
         raise LocalWorkspaceError(
             f"{source}/ holds neither {' nor '.join(CIFAR10)}: put CIFAR-10 there first (`make train` downloads it)"
         )
-    target = (os.environ.get("DATA_PATH") or aml.DATA_TARGET).strip("/")
-    for item in found:
-        copy = shutil.copytree if item.is_dir() else shutil.copy2
-        (datastore() / target).mkdir(parents=True, exist_ok=True)
-        copy(item, datastore() / target / item.name, **({"dirs_exist_ok": True} if item.is_dir() else {}))
+    target = (os.environ.get("DATA_PATH") or job_description().DATA_TARGET).strip("/")
+    uploaded = datastore.put(found, target)
     registry = os.environ.get("REGISTRY") or "HOST:PORT"
     after = "" if os.environ.get("REGISTRY") else " (make registry starts one and prints its address)"
     print(
-        f"copied {', '.join(p.name for p in found)} to {datastore() / target}/; "
+        f"uploaded {', '.join(p.name for p in found)} ({len(uploaded)} blobs) to the datastore's {target}/; "
         f"now: make submit COMPUTE=local REGISTRY={registry} DATA_PATH={target}{after}"
     )
 
@@ -211,6 +213,7 @@ def pull_login(state):
     """(username, password) that Azure ML's runtime pulls the job's image with, or None: the registry's admin user
     if it is on, else the token of the cluster's managed identity if it holds a pull role on the registry (aml.py's
     check_pull_identity says why). None: the node pulls with no login, and the registry refuses it."""
+    aml = job_description()
     if aml.props(state.get("registry")).get("adminUserEnabled"):
         return REGISTRY_NAME, registry_logins()[REGISTRY_NAME]
     principals = aml.principals(state.get("compute"))
@@ -241,6 +244,6 @@ def main(argv):
 if __name__ == "__main__":
     try:
         raise SystemExit(main(sys.argv[1:]))
-    except LocalWorkspaceError as e:
+    except (LocalWorkspaceError, datastore.DatastoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -1,3 +1,5 @@
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -6,7 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: ports, cifar_fixture, shared with the unit tests
 
 import local_registry  # noqa: E402
-from e2e_env import make_dirs  # noqa: E402
+from e2e_env import DATASTORE, make_dirs  # noqa: E402
 
 
 @pytest.fixture
@@ -20,3 +22,13 @@ def registry():
     """One registry on 127.0.0.1 for the whole session: the first push sends the 6 GB image, later pushes
     (publish tests, every `make submit COMPUTE=local`) find its layers there."""
     yield from local_registry.serve(local_registry.SESSION)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def datastore():
+    """The session's datastore (e2e_env.DATASTORE), for rehearsal/datastore.py here and in make submit (submit_env),
+    started by the first test that needs it, removed at the end."""
+    os.environ["LOCAL_DATASTORE"] = DATASTORE
+    yield DATASTORE
+    subprocess.run(["docker", "rm", "-f", DATASTORE], capture_output=True)
+    subprocess.run(["docker", "volume", "rm", "-f", DATASTORE], capture_output=True)

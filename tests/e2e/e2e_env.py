@@ -17,6 +17,9 @@ IMAGE_SUBMIT_V2 = os.environ.get("IMAGE_SUBMIT_V2", "cifar10-trainer-submit-v2:l
 UID = 4242 if os.getuid() == 0 else os.getuid()
 LOSS_LINE = re.compile(r"^epoch=\d+, batch= *\d+: loss \d+\.\d\d$", re.M)  # the tutorial's own line
 TESTS_MOUNT = f"{ROOT / 'tests'}:/app/tests:ro"  # the fixture and train_on_fixture.py, inside the image
+# The rehearsal's datastore for the session (rehearsal/datastore.py: an Azurite container and its volume, removed
+# at the session's end by conftest), never the user's own azureml-datastore.
+DATASTORE = f"azureml-datastore-e2e-{os.getpid()}"
 
 
 def make_dirs(root):
@@ -93,6 +96,7 @@ def submit_env(worktree, registry, **env):
         "IMAGE": IMAGE,
         "IMAGE_SUBMIT_V2": IMAGE_SUBMIT_V2,
         "REGISTRY": registry,
+        "LOCAL_DATASTORE": DATASTORE,
         "AZURE_CONFIG_DIR": str(worktree / "azure-config"),
         "LOCAL_UID": str(os.getuid()),
         "LOCAL_GID": str(os.getgid()),

@@ -22,7 +22,7 @@ def make(tree, *args, **env):
 
 
 def tree_with_makefile(root):
-    tree = copy_submit_tree(root, "datastore")
+    tree = copy_submit_tree(root)
     shutil.copy(ROOT / "Makefile", tree / "Makefile")
     return tree
 
@@ -36,7 +36,7 @@ def test_a_rehearsed_job_fetched_is_the_laptop_run(dirs, registry, tmp_path):
     compose(compose_env(dirs), "run", "--rm", "train", *RECIPE.split())
     tree = tree_with_makefile(tmp_path / "tree")
     r = submit_sh(
-        tree, registry, timeout=900, COMPUTE="local", LOCAL_DATASTORE=str(tree / "datastore"), TRAIN_ARGS=RECIPE,
+        tree, registry, timeout=900, COMPUTE="local", TRAIN_ARGS=RECIPE,
         OUTPUTS_DIR=str(outputs),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-4000:]

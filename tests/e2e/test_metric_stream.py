@@ -9,9 +9,9 @@ import subprocess
 import uuid
 
 import pytest
-import standin
 
 import local_run
+import standin
 from e2e_env import IMAGE, copy_submit_tree, submit_sh
 
 FAST = "--epochs 1 --fake-data 64 --batch-size 8 --log-interval 2"

@@ -17,6 +17,7 @@ import tarfile
 
 import pytest
 
+import datastore
 import local_run
 from e2e_env import IMAGE, ROOT, UID, copy_submit_tree, submit_env, submit_sh
 from local_registry import get, tags
@@ -31,9 +32,9 @@ BLOB_MOUNT = {"LOCAL_DATASTORE_MOUNT": "fuse", "HOST_VENV": sys.prefix} if FUSE_
 
 @pytest.fixture(scope="module")
 def worktree(tmp_path_factory):
-    """A copy of what `make submit` reads, with a datastore folder and an outputs folder owned by UID (so that,
-    run as root, the entrypoint's drop to the owner of ./outputs is exercised too)."""
-    tree = copy_submit_tree(tmp_path_factory.mktemp("worktree"), "outputs", "datastore")
+    """A copy of what `make submit` reads, with an outputs folder owned by UID (so that, run as root, the
+    entrypoint's drop to the owner of ./outputs is exercised too)."""
+    tree = copy_submit_tree(tmp_path_factory.mktemp("worktree"), "outputs")
     os.chown(tree / "outputs", UID, UID)
     return tree
 
@@ -56,19 +57,19 @@ def pushed(worktree, registry):
 
 
 def environment(worktree, registry, **env):
-    return submit_env(worktree, registry, COMPUTE="local", LOCAL_DATASTORE=str(worktree / "datastore"), **env)
+    return submit_env(worktree, registry, COMPUTE="local", **env)
 
 
 def submit(worktree, registry, **env):
     """azure/submit.sh as `make submit` runs it; returns (result, the run's outputs folder or None)."""
     before = set((worktree / "outputs").iterdir())
-    r = submit_sh(worktree, registry, timeout=900, COMPUTE="local", LOCAL_DATASTORE=str(worktree / "datastore"), **env)
+    r = submit_sh(worktree, registry, timeout=900, COMPUTE="local", **env)
     (made,) = set((worktree / "outputs").iterdir()) - before or [None]
     return r, made
 
 
 def dry_run(worktree, registry, **env):
-    r = submit_sh(worktree, registry, COMPUTE="local", LOCAL_DATASTORE=str(worktree / "datastore"), DRY_RUN="1", **env)
+    r = submit_sh(worktree, registry, COMPUTE="local", DRY_RUN="1", **env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout[r.stdout.index("{") :])
 
@@ -159,7 +160,7 @@ def test_a_uid_without_a_writable_outputs_folder_stops_in_one_line(worktree, reg
     "setting,error",
     [
         ("LOCAL_START=attach", "use wrapper (the default), entrypoint, bypass or exec"),
-        ("LOCAL_DATASTORE_MOUNT=blob", "use fuse or bind (unset: FUSE where it can)"),
+        ("LOCAL_DATASTORE_MOUNT=blob", "use fuse or copy (unset: FUSE where it can)"),
     ],
 )
 def test_the_rehearsals_settings_are_checked_before_anything_starts(worktree, setting, error):
@@ -206,9 +207,10 @@ expect_checksums(datasets.CIFAR10, {sums!r})
 """
 
 
-def archive_only(worktree, name):
-    """datastore/<name> holding only a small cifar-10-python.tar.gz (made in the image: numpy)."""
-    folder = worktree / "datastore" / name
+def archive_only(tmp_path, name):
+    """<name>/ on the datastore holding only a small cifar-10-python.tar.gz (made in the image: numpy), uploaded
+    through rehearsal/datastore.py as make upload-data uploads."""
+    folder = tmp_path / name
     folder.mkdir()
     code = "import json, sys; sys.path.insert(0, '/t'); from cifar_fixture import write_cifar10; "
     code += "print(json.dumps(write_cifar10('/d', per_batch=20, archive=True)))"
@@ -222,15 +224,17 @@ def archive_only(worktree, name):
         + ["-R", f"{os.getuid()}:{os.getgid()}", "/d"],
         check=True,
     )
-    return folder, json.loads(out)
+    assert datastore.put([folder / "cifar-10-python.tar.gz"], name) == [f"{name}/cifar-10-python.tar.gz"]
+    return json.loads(out)
 
 
 @pytest.mark.parametrize("sdk", ["v1", "v2"])
 def test_a_folder_with_only_the_archive_is_read_and_nothing_is_written_back(worktree, registry, pushed, tmp_path, sdk):
     """v2 mounts DATA_PATH read-only (ro_mount), v1 writable: in both the trainer must extract the
     archive elsewhere, and the datastore keeps only what was uploaded."""
-    folder, sums = archive_only(worktree, f"cifar-{sdk}")
-    env = {"SDK": sdk, "DATA_PATH": folder.name, "TRAIN_ARGS": "--epochs 1 --batch-size 8"}
+    name = f"cifar-{sdk}"
+    sums = archive_only(tmp_path, name)
+    env = {"SDK": sdk, "DATA_PATH": name, "TRAIN_ARGS": "--epochs 1 --batch-size 8"}
     plan = dry_run(worktree, registry, **env)
     assert sdk == "v1" or plan["job"]["inputs"]["cifar10"]["mode"] == "ro_mount"
     # The harness rides in the snapshot, imported at start-up through PYTHONPATH: the job is otherwise the dry run's.
@@ -254,7 +258,7 @@ def test_a_folder_with_only_the_archive_is_read_and_nothing_is_written_back(work
         timeout=600,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert sorted(p.name for p in folder.iterdir()) == ["cifar-10-python.tar.gz"]
+    assert datastore.listing(name) == [f"{name}/cifar-10-python.tar.gz"]
 
 
 def test_the_rehearsal_reads_mounts_and_ranks_from_the_serialized_v2_job(worktree, registry, pushed):
@@ -403,10 +407,10 @@ def preemptible(worktree, registry, pushed, tmp_path_factory):
     plan = tmp_path_factory.mktemp("preempt") / "plan.json"
     job = dry_run(worktree, registry, SDK="v2", CHECKPOINT_PATH="ck", TRAIN_ARGS=PREEMPTIBLE)
     plan.write_text(json.dumps(job))
-    # Checkpoints on a bind mount here; the preempted runs checkpoint through the blob mount where FUSE is here
-    code, out, summary = start(worktree, registry, plan, f"uninterrupted-{os.getpid()}", LOCAL_DATASTORE_MOUNT="bind")
+    # Checkpoints downloaded and uploaded here; the preempted runs checkpoint through the blob mount where FUSE is here
+    code, out, summary = start(worktree, registry, plan, f"uninterrupted-{os.getpid()}", LOCAL_DATASTORE_MOUNT="copy")
     assert code == 0 and summary, out[-3000:]
-    assert "datastore: bind mounts (LOCAL_DATASTORE_MOUNT=bind)" in out
+    assert "datastore: downloaded and uploaded (LOCAL_DATASTORE_MOUNT=copy)" in out
     assert "rehearsing: LOCAL_START=wrapper LOCAL_USER=root LOCAL_OUTPUTS=job LOCAL_SIGTERM=kill" in out
     assert "./outputs written as uid 0\n" in out
     return plan, summary["weights_sha256"]
@@ -436,7 +440,7 @@ def test_a_preempted_job_restarted_with_its_run_id_resumes_exactly(
         pytest.skip(f"checkpoints through the blob mount: {WHY_NO_FUSE}")
     # Both starts checkpointed through the blob mount: written in place, as renames are refused there
     for said in (first, out):
-        assert "datastore: blob semantics through FUSE (" in said, said[-3000:]
+        assert "datastore: blob storage through FUSE (" in said, said[-3000:]
         assert f"note: {DATA}/checkpoints/{run_id}/ refuses renames (Operation not supported; " in said, said[-3000:]
 
 
@@ -464,10 +468,10 @@ def test_a_cluster_that_cannot_authenticate_fails_at_the_pull_as_on_azure_and_pu
 ):
     """The registry's admin user off and a cluster without identity: the job fails at the pull with Azure ML's
     own words, nothing pushed is lost; the same workspace once its cluster has an identity with AcrPull pulls."""
-    tree = copy_submit_tree(tmp_path, "outputs", "datastore")
+    tree = copy_submit_tree(tmp_path, "outputs")
     workspace = tree / ".azureml" / "local-resources.json"
     workspace.write_text(json.dumps(azure_holds()))
-    env = {"COMPUTE": "local", "LOCAL_DATASTORE": str(tree / "datastore"), "TRAIN_ARGS": FAST}
+    env = {"COMPUTE": "local", "TRAIN_ARGS": FAST}
     r = submit_sh(tree, registry, timeout=900, **env)
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     (line,) = [line for line in r.stderr.splitlines() if line.startswith("error: ")]

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import datastore
 import local_registry
 import local_run
 from e2e_env import copy_submit_tree, submit_env, submit_sh
@@ -24,13 +25,13 @@ BLOB_MOUNT = {"LOCAL_DATASTORE_MOUNT": "fuse", "HOST_VENV": sys.prefix} if FUSE_
 @pytest.fixture(scope="module")
 def worktree(tmp_path_factory):
     """One work tree for the whole sequence: its .azureml/ is the local workspace's registry."""
-    return copy_submit_tree(tmp_path_factory.mktemp("sequence"), "outputs", "datastore", "data")
+    return copy_submit_tree(tmp_path_factory.mktemp("sequence"), "outputs", "data")
 
 
 def submit(worktree, registry, **env):
     """azure/submit.sh as `make submit COMPUTE=local` runs it; returns (result, the run's new outputs folders)."""
     before = set((worktree / "outputs").glob("local-*/summary.json"))  # each job's outputs/summary.json
-    r = submit_sh(worktree, registry, timeout=900, COMPUTE="local", LOCAL_DATASTORE=str(worktree / "datastore"), **env)
+    r = submit_sh(worktree, registry, timeout=900, COMPUTE="local", **env)
     return r, set((worktree / "outputs").glob("local-*/summary.json")) - before
 
 
@@ -86,12 +87,13 @@ def test_a_changed_definition_under_a_registered_version_is_refused_as_azure_ml_
 
 def test_upload_data_then_submit_with_data_path_as_the_tutorials_part_4(worktree, registry):
     (worktree / "data" / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
-    env = submit_env(worktree, registry, COMPUTE="local", LOCAL_DATASTORE=str(worktree / "datastore"))
+    env = submit_env(worktree, registry, COMPUTE="local")
     r = subprocess.run(
         ["bash", "azure/submit.sh", "upload-data"], cwd=worktree, env=env, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr
-    assert (worktree / "datastore" / "datasets" / "cifar10" / "cifar-10-python.tar.gz").is_file()
+    # Uploaded as blobs to the datastore (Azurite), through azure-storage-blob
+    assert datastore.listing("datasets/cifar10") == ["datasets/cifar10/cifar-10-python.tar.gz"]
     r, made = submit(worktree, registry, DATA_PATH="datasets/cifar10", TRAIN_ARGS=FAST, **BLOB_MOUNT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (summary,) = made
@@ -99,8 +101,8 @@ def test_upload_data_then_submit_with_data_path_as_the_tutorials_part_4(worktree
     # The named input mounted where its placeholder stood (${{inputs.cifar10}} in the default v2 job)
     assert json.loads(summary.read_text())["config"]["data_dir"] == "/mnt/azureml/data/cifar10"
     if not FUSE_PYTHON:  # the rest passed over bind mounts
-        assert "datastore: bind mounts (no FUSE here: " in r.stderr, r.stderr[-3000:]
+        assert "datastore: downloaded and uploaded (no FUSE here: " in r.stderr, r.stderr[-3000:]
         pytest.skip(f"the named input through the blob mount: {WHY_NO_FUSE}")
     # Read through the blob mount, as Azure ML's ro_mount of the datastore, unmounted when the run ended
-    assert "datastore: blob semantics through FUSE (" in r.stderr, r.stderr[-3000:]
+    assert "datastore: blob storage through FUSE (" in r.stderr, r.stderr[-3000:]
     assert not [line for line in open("/proc/self/mounts") if "azureml-datastore-" in line]

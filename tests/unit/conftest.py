@@ -67,11 +67,15 @@ def source(submit_source, monkeypatch, request):
 
 @pytest.fixture
 def upload_folders(tmp_path, monkeypatch):
-    """(./data holding a stand-in archive, the rehearsal's datastore) for `make upload-data`, both SDKs:
-    DATA_DIR and LOCAL_DATASTORE name them."""
-    data, store = tmp_path / "data", tmp_path / "datastore"
+    """(./data holding a stand-in archive, what the rehearsal's datastore was handed) for `make upload-data`, both
+    SDKs: DATA_DIR names the folder. The datastore's blob client runs in a container beside Azurite
+    (rehearsal/datastore.py, tests/e2e/test_submit_sequence.py), which these images cannot start: what
+    datastore.put is given is recorded instead, [(paths, prefix)]."""
+    import datastore
+
+    data, handed = tmp_path / "data", []
     data.mkdir()
     (data / "cifar-10-python.tar.gz").write_bytes(b"stands in for the archive")
     monkeypatch.setenv("DATA_DIR", str(data))
-    monkeypatch.setenv("LOCAL_DATASTORE", str(store))
-    return data, store
+    monkeypatch.setattr(datastore, "put", lambda paths, prefix: handed.append((paths, prefix)) or ["uploaded"])
+    return data, handed

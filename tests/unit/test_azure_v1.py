@@ -424,10 +424,10 @@ def test_the_rehearsals_datastore_takes_the_upload_plan_and_refuses_a_key_signed
     source, monkeypatch, upload_folders, capsys
 ):
     """`make upload-data DRY_RUN=1` prints the SDK call and its arguments; the rehearsal's datastore, identity-based
-    on storage that refuses shared keys, copies after this plan and refuses datastore.upload's, copying nothing."""
+    on storage that refuses shared keys, uploads after this plan and refuses datastore.upload's, uploading nothing."""
     from azureml.data.azure_storage_datastore import AzureBlobDatastore
 
-    data, store = upload_folders
+    data, handed = upload_folders
     monkeypatch.setattr(submit, "DATA", data)
     assert submit.main(["upload-data", "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
@@ -440,6 +440,6 @@ def test_the_rehearsals_datastore_takes_the_upload_plan_and_refuses_a_key_signed
     keyed = {**plan, "call": f"{AzureBlobDatastore.upload.__module__}.{AzureBlobDatastore.upload.__qualname__}"}
     with pytest.raises(local_workspace.LocalWorkspaceError, match="refuses shared-key access and azureml.data.azure"):
         local_workspace.upload_data(keyed)
-    assert not store.exists()
+    assert handed == []
     local_workspace.upload_data(plan)
-    assert (store / "datasets" / "cifar10" / "cifar-10-python.tar.gz").is_file()
+    assert handed == [([data / "cifar-10-python.tar.gz"], "datasets/cifar10")]

@@ -314,8 +314,8 @@ def test_v2_a_key_signed_datastore_on_storage_that_refuses_keys_is_one_line_nami
 
 def test_v2_upload_plan_is_the_data_asset_the_rehearsal_takes(source, upload_folders, monkeypatch, capsys):
     """`make upload-data DRY_RUN=1`: the call and the asset as azure-ai-ml serializes it; the rehearsal's datastore
-    (identity-based, shared keys refused) takes it and copies the data set to DATA_PATH."""
-    data, store = upload_folders
+    (identity-based, shared keys refused) takes it and uploads the data set to DATA_PATH."""
+    data, handed = upload_folders
     monkeypatch.setattr(submit, "DATA", data)
     monkeypatch.setenv("DATASTORE", "cifarstore")
     assert submit.main(["upload-data", "--dry-run"]) == 0
@@ -333,7 +333,7 @@ def test_v2_upload_plan_is_the_data_asset_the_rehearsal_takes(source, upload_fol
         "type": "uri_folder",
     }
     local_workspace.upload_data(plan)
-    assert (store / "datasets" / "cifar10" / "cifar-10-python.tar.gz").is_file()
+    assert handed == [([data / "cifar-10-python.tar.gz"], "datasets/cifar10")]
 
 
 def test_v2_the_cluster_azure_ai_ml_would_create_reads_back_as_asked_by_our_arm_reader(source):

@@ -74,21 +74,19 @@ def test_the_execution_wrapper_exits_with_the_jobs_status_when_not_preempted(tmp
     assert r.returncode == 3
 
 
-def test_upload_data_copies_the_data_set_and_refuses_a_fresh_clones_data_folder(tmp_path, monkeypatch, capsys):
-    """./data of a fresh clone holds only .gitkeep: one error, nothing copied; the next command names REGISTRY."""
+def test_upload_data_uploads_the_data_set_and_refuses_a_fresh_clones_data_folder(upload_folders, monkeypatch, capsys):
+    """./data of a fresh clone holds only .gitkeep: one error, nothing uploaded; the next command names REGISTRY."""
     import local_workspace
 
-    data, store = tmp_path / "data", tmp_path / "datastore"
-    data.mkdir()
+    data, handed = upload_folders
+    (data / "cifar-10-python.tar.gz").unlink()
     (data / ".gitkeep").write_text("")
-    monkeypatch.setenv("DATA_DIR", str(data))
-    monkeypatch.setenv("LOCAL_DATASTORE", str(store))
     monkeypatch.delenv("DATA_PATH", raising=False)
     monkeypatch.delenv("REGISTRY", raising=False)
     with pytest.raises(local_workspace.LocalWorkspaceError, match="holds neither cifar-10-batches-py nor"):
         local_workspace.upload_data()
-    assert not store.exists()
+    assert handed == []
     (data / "cifar-10-python.tar.gz").write_bytes(b"the archive")
     local_workspace.upload_data()
-    assert sorted(p.name for p in (store / "datasets" / "cifar10").iterdir()) == ["cifar-10-python.tar.gz"]
+    assert handed == [([data / "cifar-10-python.tar.gz"], "datasets/cifar10")]
     assert "make submit COMPUTE=local REGISTRY=HOST:PORT DATA_PATH=datasets/cifar10" in capsys.readouterr().out

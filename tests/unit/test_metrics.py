@@ -16,9 +16,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-import standin
 
 import metrics
+import standin
 from metrics import Metrics, choose, tracker
 
 SRC = Path(metrics.__file__).parent
