@@ -86,11 +86,11 @@ train-2node: build dirs ## a 2-node job as two containers, as on Azure ML: make 
 dirs:
 	@mkdir -p $(DATA_DIR) $(OUTPUTS_DIR) $(CHECKPOINTS_DIR)
 
-submit: build $(if $(filter v1,$(SDK)),,build-submit-v2) $(if $(filter local,$(COMPUTE)),build-mlflow) ## push by digest, submit to Azure ML (DRY_RUN=1, SDK=v1; COMPUTE=local REGISTRY=127.0.0.1:PORT runs it here)
+submit: build $(if $(filter v1,$(SDK)),,build-submit-v2) $(if $(filter local,$(COMPUTE)),build-mlflow build-azurite) ## push by digest, submit to Azure ML (DRY_RUN=1, SDK=v1; COMPUTE=local REGISTRY=127.0.0.1:PORT runs it here)
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	bash azure/submit.sh
 
-upload-data: build $(if $(filter v1,$(SDK)),,build-submit-v2) ## ./data to the default datastore at DATA_PATH (tutorial part 4; COMPUTE=local: LOCAL_DATASTORE)
+upload-data: build $(if $(filter v1,$(SDK)),,build-submit-v2) $(if $(filter local,$(COMPUTE)),build-azurite) ## ./data to the default datastore at DATA_PATH (tutorial part 4; COMPUTE=local: the rehearsal's, in Azurite)
 	@mkdir -p .azureml $${AZURE_CONFIG_DIR:-$$HOME/.azure}
 	bash azure/submit.sh upload-data
 

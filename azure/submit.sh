@@ -5,7 +5,7 @@
 # print the push and the exact definitions. COMPUTE=local: push to REGISTRY (`make registry`, with the
 # workspace's token), then run the very job the dry run prints with the host's Docker (rehearsal/local_run.py).
 # The job's settings are make's variables, read once by azure/submit.py (compose passes them through).
-# `submit.sh upload-data`: DATA_DIR (./data) to the default datastore (COMPUTE=local: into LOCAL_DATASTORE).
+# `submit.sh upload-data`: DATA_DIR (./data) to the default datastore (COMPUTE=local: the rehearsal's, in Azurite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-cifar10-trainer:local}

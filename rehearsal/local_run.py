@@ -647,7 +647,8 @@ def main(argv=None):
         print(f"run {run_id}: ./outputs written as uid {', '.join(map(str, sorted(writers)))}", file=sys.stderr)
     print(f"run {run_id} ended {code}: outputs in {outputs}/", file=sys.stderr)
     if code not in (0, 75):  # the trainer's advice names its flags; here they travel in make's TRAIN_ARGS
-        hint = 'make submit ... TRAIN_ARGS="--epochs 1 --fake-data 2000"; DATA_PATH=data mounts ./data'
+        hint = 'make submit ... TRAIN_ARGS="--epochs 1 --fake-data 2000"'
+        hint += "; make upload-data COMPUTE=local, then DATA_PATH=datasets/cifar10"
         print(f"the job's flags: {hint}", file=sys.stderr)
     return code
 
