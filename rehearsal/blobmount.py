@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from fuse import FUSE, FuseOSError, Operations
 
 import datastore
@@ -44,6 +44,15 @@ class BlobSemantics(Operations):
         self.folders = set()  # made with mkdir, no blob in them yet: kept here only, as blobfuse2 does
         self.open_files = {}  # fh: [blob name, local copy's fd, written since uploaded]
         self.uid, self.gid, self.started = os.getuid(), os.getgid(), time.time()
+
+    def __call__(self, op, *args):
+        """Any other failure of the blob service is EIO to the caller, as blobfuse2 answers it; fusepy would
+        otherwise unmount at the first one."""
+        try:
+            return super().__call__(op, *args)
+        except AzureError as e:
+            print(f"blobmount: {op}: {str(e).splitlines()[0]}", file=sys.stderr)
+            raise FuseOSError(errno.EIO) from None
 
     @staticmethod
     def blob(path):
