@@ -128,7 +128,8 @@ def upload_data(plan=None):
     registry = os.environ.get("REGISTRY") or "HOST:PORT"
     after = "" if os.environ.get("REGISTRY") else " (make registry starts one and prints its address)"
     print(
-        f"uploaded {', '.join(p.name for p in found)} ({len(uploaded)} blobs) to the datastore's {target}/; "
+        f"uploaded {', '.join(p.name for p in found)} to the datastore's {target}/ ({len(uploaded)} blob"
+        f"{'' if len(uploaded) == 1 else 's'}); "
         f"now: make submit COMPUTE=local REGISTRY={registry} DATA_PATH={target}{after}"
     )
 
