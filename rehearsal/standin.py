@@ -19,9 +19,11 @@ Each needs `Authorization: Bearer <AZUREML_RUN_TOKEN>`, a JWT whose exp azureml-
 recorded as unexpected. GET /_recorded serves back what arrived.
 
 v2: Azure ML's MLflow endpoint is played by MLflow's own tracking server (the cifar10-mlflow image,
-mlflow 3.15.0, as its ENTRYPOINT runs it) with the job's run made before the job starts, as Azure ML
-does, behind an HTTPS front (rehearsal/mlflow_front.py: the workspace's prefix, a bearer token, a test CA
-made for the run). The job gets an azureml:// tracking URI and a token, so its metrics go through
+mlflow 3.15.0, as its ENTRYPOINT runs it): the workspace's, one for all runs as Azure ML's is, kept running in a
+container named LOCAL_TRACKING (default azureml-tracking; `docker rm -fv azureml-tracking` forgets its runs) and
+joined to each job's network for the run. The job's run is made before the job starts, as Azure ML
+does, and the job reaches it through an HTTPS front (rehearsal/mlflow_front.py: the workspace's prefix, a bearer
+token, a test CA made for the run). The job gets an azureml:// tracking URI and a token, so its metrics go through
 azureml-mlflow's AzureMLRestStore as on Azure; record() reads what arrived through MLflow's REST API.
 
 The functions above the service run on the host with the standard library only (rehearsal/local_run.py
@@ -32,11 +34,13 @@ import base64
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -59,6 +63,7 @@ OPEN = ("/health", "/_recorded", "/discovery")  # the only paths answered withou
 # how-to-use-mlflow-configure-tracking, "Manually"), a name the front answers to on the job's network only.
 MLFLOW_HOST = "local.api.azureml.ms"
 CA_IN_JOB = "/mnt/azureml/rehearsal/tracking-ca.pem"  # the test CA, mounted read-only into the job
+TRACKING = "azureml-tracking"  # v2: the workspace's MLflow server's name on each job's network (the front's upstream)
 
 
 class StandinError(Exception):
@@ -96,25 +101,49 @@ def start(sdk, run_id, experiment, network, workspace):
     workspace: AZUREML_ARM_SUBSCRIPTION, _RESOURCEGROUP and _WORKSPACE_NAME (v2 names the workspace in its URI)."""
     if subprocess.run(["docker", "image", "inspect", IMAGE_MLFLOW], capture_output=True).returncode:
         raise StandinError(f"the tracking stand-in runs in {IMAGE_MLFLOW}, which is missing: make build-mlflow")
+    if sdk == "v2":
+        name, url = tracking_server()
+        handle = {"sdk": sdk, "name": name, "url": url, "run_id": run_id, "network": network}
+        subprocess.run(["docker", "network", "connect", "--alias", TRACKING, network, name], check=True)
+        try:
+            return handle, prepare_v2(handle, experiment, network, workspace)
+        except BaseException:
+            stop(handle)
+            raise
     name = f"{network}-standin"
+    here = os.path.abspath(__file__)
     docker = ["docker", "run", "-d", "--rm", "--name", name, "--network", network, "-p", f"127.0.0.1::{PORT}"]
-    if sdk == "v2":  # the image's own `mlflow server`, answering to the name the job uses
-        hosts = f"{name},{name}:*,localhost:*,127.0.0.1:*"
-        docker += [IMAGE_MLFLOW, "--workers", "1", "--allowed-hosts", hosts]
-    else:
-        here = os.path.abspath(__file__)
-        docker += ["-v", f"{here}:/standin.py:ro", "--entrypoint", "python", IMAGE_MLFLOW, "/standin.py"]
+    docker += ["-v", f"{here}:/standin.py:ro", "--entrypoint", "python", IMAGE_MLFLOW, "/standin.py"]
     subprocess.run(docker, check=True, stdout=subprocess.DEVNULL)
     port = subprocess.run(["docker", "port", name, str(PORT)], capture_output=True, text=True).stdout.split()
     handle = {"sdk": sdk, "name": name, "url": "http://" + port[0] if port else None, "run_id": run_id}
     try:
         wait_healthy(handle["url"] or "http://127.0.0.1:1", name)
-        if sdk == "v2":
-            return handle, prepare_v2(handle, experiment, network, workspace)
         return handle, prepare_v1(handle, experiment)
     except BaseException:
         stop(handle)
         raise
+
+
+def tracking_server():
+    """(name, url on the host) of the workspace's MLflow server (LOCAL_TRACKING), started if it is not running: the
+    image's own `mlflow server`, answering to TRACKING on the jobs' networks. Seconds to start, once."""
+    name = os.environ.get("LOCAL_TRACKING") or "azureml-tracking"
+    running = ["docker", "inspect", "--format", "{{.State.Running}}", name]
+    if subprocess.run(running, capture_output=True, text=True).stdout.strip() != "true":
+        subprocess.run(["docker", "rm", "-fv", name], capture_output=True)
+        hosts = f"{TRACKING},{TRACKING}:*,localhost:*,127.0.0.1:*"
+        # A host port chosen here, not by Docker: Docker moves an ephemeral one to a new port when the container
+        # joins a network whose name sorts before its first (each job's azureml-... does), as Docker 26 did here.
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            host_port = free.getsockname()[1]
+        docker = ["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{host_port}:{PORT}", IMAGE_MLFLOW]
+        subprocess.run([*docker, "--workers", "1", "--allowed-hosts", hosts], check=True, stdout=subprocess.DEVNULL)
+    port = subprocess.run(["docker", "port", name, str(PORT)], capture_output=True, text=True).stdout.split()
+    url = "http://" + port[0] if port else "http://127.0.0.1:1"
+    wait_healthy(url, name)
+    return name, url
 
 
 def prepare_v1(handle, experiment):
@@ -133,15 +162,15 @@ def prepare_v2(handle, experiment, network, workspace):
     variables Azure ML sets for azureml-mlflow (names: azureml/mlflow/_internal/constants.py, MLflowRunEnvVars;
     all four read in _internal/service_context_loader.py, _mlflow_env_vars_set, and _internal/utils.py,
     get_service_context_from_tracking_url_mlflow_env_vars)."""
-    found = api(handle["url"], "/api/2.0/mlflow/experiments/create", {"name": experiment})
-    run = api(handle["url"], "/api/2.0/mlflow/runs/create", {"experiment_id": found["experiment_id"]})["run"]
+    found = experiment_id(handle["url"], experiment)
+    run = api(handle["url"], "/api/2.0/mlflow/runs/create", {"experiment_id": found})["run"]
     handle["mlflow_run_id"] = run["info"]["run_id"]
     import mlflow_front  # here: the v1 service runs this file alone in its container
 
     scope = workspace_scope(workspace)
     token = run_token()  # a JWT: azureml-mlflow reads its exp (azureml_token_authentication.py)
-    handle["front"], handle["token"] = f"{handle['name']}-front", token
-    upstream = f"http://{handle['name']}:{PORT}"
+    handle["front"], handle["token"] = f"{network}-standin-front", token  # the run's own
+    upstream = f"http://{TRACKING}:{PORT}"
     handle["front_url"], ca = mlflow_front.start(handle["front"], network, MLFLOW_HOST, upstream, scope, token)
     handle["ca_dir"] = tempfile.mkdtemp(prefix="azureml-tracking-ca-")
     handle["ca"] = os.path.join(handle["ca_dir"], "ca.pem")
@@ -157,7 +186,7 @@ def prepare_v2(handle, experiment, network, workspace):
         "MLFLOW_TRACKING_URI": handle["tracking_uri"],
         "MLFLOW_TRACKING_TOKEN": token,
         "MLFLOW_RUN_ID": run["info"]["run_id"],
-        "MLFLOW_EXPERIMENT_ID": found["experiment_id"],
+        "MLFLOW_EXPERIMENT_ID": found,
         "MLFLOW_EXPERIMENT_NAME": experiment,
         # Not Azure's: Azure's front has a public CA's certificate. requests (azureml-mlflow's and MLflow's HTTP)
         # reads this in place of its own bundle, so the image stays as built.
@@ -168,6 +197,17 @@ def prepare_v2(handle, experiment, network, workspace):
         # Clouds support").
         "AZUREML_CURRENT_CLOUD": "AzureCloud",
     }
+
+
+def experiment_id(url, experiment):
+    """The id of the workspace's experiment of that name, made if it is new (as Azure ML makes it at submit)."""
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    try:
+        return api(url, f"/api/2.0/mlflow/experiments/get-by-name?{query}")["experiment"]["experiment_id"]
+    except urllib.error.HTTPError as e:
+        if e.code != 404:
+            raise
+    return api(url, "/api/2.0/mlflow/experiments/create", {"name": experiment})["experiment_id"]
 
 
 def workspace_scope(workspace):
@@ -234,8 +274,13 @@ def stop(handle, save_to=None):
     except (OSError, KeyError, ValueError) as e:
         print(f"stand-in: no record ({e})", file=sys.stderr)
     finally:
-        fronts = [handle["front"]] if handle.get("front") else []
-        subprocess.run(["docker", "rm", "-f", handle["name"], *fronts], capture_output=True)
+        if handle["sdk"] == "v2":  # the workspace's server stays, for the next run; the run's front goes
+            leave = ["docker", "network", "disconnect", "-f", handle["network"], handle["name"]]
+            subprocess.run(leave, capture_output=True)
+            if handle.get("front"):
+                subprocess.run(["docker", "rm", "-f", handle["front"]], capture_output=True)
+        else:
+            subprocess.run(["docker", "rm", "-f", handle["name"]], capture_output=True)
         if handle.get("ca_dir"):
             shutil.rmtree(handle["ca_dir"], ignore_errors=True)
 

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: ports, cifar_fixture, shared with the unit tests
 
 import local_registry  # noqa: E402
-from e2e_env import DATASTORE, make_dirs  # noqa: E402
+from e2e_env import DATASTORE, TRACKING, make_dirs  # noqa: E402
 
 
 @pytest.fixture
@@ -25,10 +25,10 @@ def registry():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def datastore():
-    """The session's datastore (e2e_env.DATASTORE), for rehearsal/datastore.py here and in make submit (submit_env),
-    started by the first test that needs it, removed at the end."""
-    os.environ["LOCAL_DATASTORE"] = DATASTORE
-    yield DATASTORE
-    subprocess.run(["docker", "rm", "-f", DATASTORE], capture_output=True)
+def workspace():
+    """The session's datastore and MLflow server (e2e_env.DATASTORE, TRACKING), for rehearsal/datastore.py and
+    standin.py here and in make submit (submit_env), started by the first test that needs each, removed at the end."""
+    os.environ["LOCAL_DATASTORE"], os.environ["LOCAL_TRACKING"] = DATASTORE, TRACKING
+    yield
+    subprocess.run(["docker", "rm", "-fv", DATASTORE, TRACKING], capture_output=True)
     subprocess.run(["docker", "volume", "rm", "-f", DATASTORE], capture_output=True)

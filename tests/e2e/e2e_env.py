@@ -20,6 +20,7 @@ TESTS_MOUNT = f"{ROOT / 'tests'}:/app/tests:ro"  # the fixture and train_on_fixt
 # The rehearsal's datastore for the session (rehearsal/datastore.py: an Azurite container and its volume, removed
 # at the session's end by conftest), never the user's own azureml-datastore.
 DATASTORE = f"azureml-datastore-e2e-{os.getpid()}"
+TRACKING = f"azureml-tracking-e2e-{os.getpid()}"  # and the workspace's MLflow server (rehearsal/standin.py)
 
 
 def make_dirs(root):
@@ -97,6 +98,7 @@ def submit_env(worktree, registry, **env):
         "IMAGE_SUBMIT_V2": IMAGE_SUBMIT_V2,
         "REGISTRY": registry,
         "LOCAL_DATASTORE": DATASTORE,
+        "LOCAL_TRACKING": TRACKING,
         "AZURE_CONFIG_DIR": str(worktree / "azure-config"),
         "LOCAL_UID": str(os.getuid()),
         "LOCAL_GID": str(os.getgid()),
