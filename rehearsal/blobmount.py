@@ -42,7 +42,7 @@ class BlobSemantics(Operations):
     def __init__(self, client):
         self.client = client  # azure-storage-blob's ContainerClient
         self.folders = set()  # made with mkdir, no blob in them yet: kept here only, as blobfuse2 does
-        self.open_files = {}  # fh: [blob name, local copy's fd, written since uploaded]
+        self.open_files = {}  # fh (the local copy's fd): [blob name, written since uploaded]
         self.uid, self.gid, self.started = os.getuid(), os.getgid(), time.time()
 
     def __call__(self, op, *args):
@@ -64,10 +64,11 @@ class BlobSemantics(Operations):
         return {"st_mode": mode, "st_nlink": nlink, "st_uid": self.uid, "st_gid": self.gid, "st_size": size,
                 "st_atime": t, "st_mtime": t, "st_ctime": t}  # fmt: skip
 
-    def is_folder(self, name):
-        if not name or name in self.folders:
-            return True
+    def holds_blobs(self, name):
         return any(True for _ in self.client.list_blobs(name_starts_with=f"{name}/", results_per_page=1))
+
+    def is_folder(self, name):
+        return not name or name in self.folders or self.holds_blobs(name)
 
     # What blob storage refuses
     def rename(self, old, new):
@@ -91,9 +92,9 @@ class BlobSemantics(Operations):
     # Names
     def getattr(self, path, fh=None):
         name = self.blob(path)
-        for blob, fd, _ in self.open_files.values():  # an open file's size is its local copy's
+        for fh, (blob, _) in self.open_files.items():  # an open file's size is its local copy's
             if blob == name:
-                return self.attrs(stat.S_IFREG | 0o644, os.fstat(fd).st_size)
+                return self.attrs(stat.S_IFREG | 0o644, os.fstat(fh).st_size)
         if name:
             try:
                 props = self.client.get_blob_client(name).get_blob_properties()
@@ -109,7 +110,7 @@ class BlobSemantics(Operations):
         prefix = f"{name}/" if name else ""
         names = {item.name[len(prefix) :].rstrip("/") for item in self.client.walk_blobs(prefix, delimiter="/")}
         names |= {f[len(prefix) :].split("/")[0] for f in self.folders if f.startswith(prefix)}
-        names |= {b[len(prefix) :].split("/")[0] for b, _, _ in self.open_files.values() if b.startswith(prefix)}
+        names |= {b[len(prefix) :].split("/")[0] for b, _ in self.open_files.values() if b.startswith(prefix)}
         return [".", "..", *sorted(names)]
 
     def mkdir(self, path, mode):
@@ -117,7 +118,7 @@ class BlobSemantics(Operations):
 
     def rmdir(self, path):
         name = self.blob(path)
-        if any(True for _ in self.client.list_blobs(name_starts_with=f"{name}/", results_per_page=1)):
+        if self.holds_blobs(name):
             raise FuseOSError(errno.ENOTEMPTY)
         self.folders = {f for f in self.folders if f != name and not f.startswith(f"{name}/")}
 
@@ -149,47 +150,46 @@ class BlobSemantics(Operations):
 
     def open(self, path, flags):
         name = self.blob(path)
-        fd = self.local_copy(name, download=not flags & os.O_TRUNC)
-        fh = fd
-        self.open_files[fh] = [name, fd, bool(flags & os.O_TRUNC)]
+        fh = self.local_copy(name, download=not flags & os.O_TRUNC)
+        self.open_files[fh] = [name, bool(flags & os.O_TRUNC)]
         return fh
 
     def create(self, path, mode, fi=None):
         name = self.blob(path)
         fh = self.local_copy(name, download=False)
-        self.open_files[fh] = [name, fh, True]
+        self.open_files[fh] = [name, True]
         self.upload(fh)  # the name exists from now on, as an empty blob, as blobfuse2 creates it
         return fh
 
     def read(self, path, size, offset, fh):
-        return os.pread(self.open_files[fh][1], size, offset)
+        return os.pread(fh, size, offset)
 
     def write(self, path, data, offset, fh):
-        self.open_files[fh][2] = True
-        return os.pwrite(self.open_files[fh][1], data, offset)
+        self.open_files[fh][1] = True
+        return os.pwrite(fh, data, offset)
 
     def truncate(self, path, length, fh=None):
         if fh is not None:
-            self.open_files[fh][2] = True
-            os.ftruncate(self.open_files[fh][1], length)
+            self.open_files[fh][1] = True
+            os.ftruncate(fh, length)
             return
-        fd = self.local_copy(self.blob(path), download=True)
+        fh = self.local_copy(self.blob(path), download=True)
         try:
-            os.ftruncate(fd, length)
-            self.open_files[fd] = [self.blob(path), fd, True]
-            self.upload(fd)
+            os.ftruncate(fh, length)
+            self.open_files[fh] = [self.blob(path), True]
+            self.upload(fh)
         finally:
-            del self.open_files[fd]
-            os.close(fd)
+            self.open_files.pop(fh, None)
+            os.close(fh)
 
     def upload(self, fh):
-        name, fd, written = self.open_files[fh]
+        name, written = self.open_files[fh]
         if not written:
             return
-        with os.fdopen(os.dup(fd), "rb") as f:
-            f.seek(0)
+        with os.fdopen(os.dup(fh), "rb") as f:
+            f.seek(0)  # the download left the shared offset at the end
             self.client.upload_blob(name, f, overwrite=True)
-        self.open_files[fh][2] = False
+        self.open_files[fh][1] = False
         parts = name.split("/")
         self.folders -= {"/".join(parts[:i]) for i in range(1, len(parts))}  # now a prefix of a blob
 
@@ -203,7 +203,8 @@ class BlobSemantics(Operations):
         try:
             self.upload(fh)
         finally:
-            os.close(self.open_files.pop(fh)[1])
+            del self.open_files[fh]
+            os.close(fh)
 
 
 def main(argv=None):

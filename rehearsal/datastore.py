@@ -38,6 +38,11 @@ def name():
     return os.environ.get("LOCAL_DATASTORE") or "azureml-datastore"
 
 
+def image():
+    """The training image: it has azure-storage-blob, and rm for what a job left as root."""
+    return os.environ.get("IMAGE") or "cifar10-trainer:local"
+
+
 def docker(*args, check=True):
     r = subprocess.run(["docker", *args], capture_output=True, text=True)
     if check and r.returncode:
@@ -99,12 +104,11 @@ def container_client(url):
 
 def in_image(*args, mounts=()):
     """Run this file's blob commands in a container of IMAGE, on Azurite's network namespace."""
-    image = os.environ.get("IMAGE") or "cifar10-trainer:local"
     here = Path(__file__).resolve().parent
     volumes = [a for m in [f"{here}:/rehearsal:ro", *mounts] for a in ("-v", m)]
     argv = ["run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}", "--network", f"container:{name()}", *volumes]
     url = f"http://127.0.0.1:{PORT}/{ACCOUNT}"
-    return docker(*argv, "--entrypoint", "python", image, "/rehearsal/datastore.py", *args, "--url", url)
+    return docker(*argv, "--entrypoint", "python", image(), "/rehearsal/datastore.py", *args, "--url", url)
 
 
 def put(paths, prefix):
@@ -123,9 +127,8 @@ def get(prefix, dest):
 
 def remove(folder):
     """Remove a host folder whose files a job's container may have written as root."""
-    image = os.environ.get("IMAGE") or "cifar10-trainer:local"
     folder = Path(folder).resolve()
-    docker("run", "--rm", "--user", "0:0", "-v", f"{folder.parent}:/parent", "--entrypoint", "rm", image,
+    docker("run", "--rm", "--user", "0:0", "-v", f"{folder.parent}:/parent", "--entrypoint", "rm", image(),
            "-rf", f"/parent/{folder.name}")  # fmt: skip
 
 

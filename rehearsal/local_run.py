@@ -323,7 +323,6 @@ def datastore_source(job, mode):
     python, why = (None, "LOCAL_DATASTORE_MOUNT=copy") if mode == "copy" else fuse_python()
     if python is None and mode == "fuse":
         raise LocalRunError(f"LOCAL_DATASTORE_MOUNT=fuse: no FUSE here: {why}")
-    endpoint = datastore.start()
     if python is None:
         copy = Path(tempfile.mkdtemp(prefix="azureml-datastore-"))
         print(f"datastore: downloaded and uploaded ({why if mode == 'copy' else 'no FUSE here: ' + why})",
@@ -338,6 +337,7 @@ def datastore_source(job, mode):
         finally:
             datastore.remove(copy)  # as root in a container: the job's files there may be root's
         return
+    endpoint = datastore.start()  # datastore.get and put start it themselves
     mountpoint = Path(tempfile.mkdtemp(prefix="azureml-datastore-")).resolve()  # as /proc/self/mounts names it
     with tempfile.TemporaryFile("w+") as log:
         # A session of its own: a Ctrl-C stops this runner, which removes the containers, then unmounts
